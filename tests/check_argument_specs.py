@@ -32,9 +32,7 @@ def check_role(role: Path) -> list[str]:
         if "default" not in options[name]:
             errors.append(f"{role.name}: {name} has a default in defaults/main.yml but none in the spec")
         elif options[name]["default"] != value:
-            errors.append(
-                f"{role.name}: {name} default differs: defaults={value!r} spec={options[name]['default']!r}"
-            )
+            errors.append(f"{role.name}: {name} default differs: defaults={value!r} spec={options[name]['default']!r}")
     for name, opt in options.items():
         if "default" in opt and name not in defaults:
             errors.append(f"{role.name}: spec option {name} has a default but is missing from defaults/main.yml")
