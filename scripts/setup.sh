@@ -44,6 +44,15 @@ if [ ! -d "$LLMOPS_FIXTURES/models/tiny" ] || [ ! -d "$LLMOPS_FIXTURES/datasets"
         tests/fixtures/build_fixtures.py "$LLMOPS_FIXTURES" >/dev/null
 fi
 
+# ansible-test sanity --venv downloads a pip bootstrap script from a host outside PyPI; give it ours.
+get_pip_version=$(grep -ohP "^\s+pip='\K[0-9.]+" \
+    "$LLMOPS_TOOLS_VENV"/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py)
+get_pip="$HOME/.ansible/test/cache/get_pip_${get_pip_version//./_}.py"
+if ! cmp -s scripts/ansible_test_get_pip.py "$get_pip"; then
+    mkdir -p "$(dirname "$get_pip")"
+    cp scripts/ansible_test_get_pip.py "$get_pip"
+fi
+
 mkdir -p .collections/ansible_collections/llmops
 ln -sfn ../../.. .collections/ansible_collections/llmops/platform
 llmops_log "setup complete: tools=$LLMOPS_TOOLS_VENV vllm=$LLMOPS_VLLM_VENV fixtures=$LLMOPS_FIXTURES"

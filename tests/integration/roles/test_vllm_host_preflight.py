@@ -1,0 +1,162 @@
+"""Bad variables make vllm_host fail in preflight, before any change, naming the variable.
+
+Each case runs the real role through ansible-playbook against localhost with one bad setting on top
+of an otherwise valid configuration. The role validates variables before it looks at the host, so no
+test host is needed; the play must fail, say which variable is wrong, and report changed=0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+VALID = {
+    "vllm_host_profile": "cpu",
+    "vllm_host_api_key": "s3cret-test-key",
+    "vllm_host_model_path": "/srv/models/tiny",
+    "vllm_host_served_model_name": "tiny",
+    "vllm_host_instances": [{"name": "main", "port": 8000}],
+}
+
+CASES = {
+    "profile not a choice": ({"vllm_host_profile": "gpu"}, "vllm_host_profile"),
+    "instances not a list": ({"vllm_host_instances": 5}, "vllm_host_instances"),
+    "instance without name": ({"vllm_host_instances": [{"port": 8000}]}, "vllm_host_instances"),
+    "instance name with spaces": ({"vllm_host_instances": [{"name": "Main Server"}]}, "vllm_host_instances"),
+    "duplicate instance names": (
+        {"vllm_host_instances": [{"name": "a", "port": 8000}, {"name": "a", "port": 8001}]},
+        "vllm_host_instances",
+    ),
+    "duplicate ports": (
+        {"vllm_host_instances": [{"name": "a", "port": 8000}, {"name": "b", "port": 8000}]},
+        "vllm_host_instances",
+    ),
+    "port out of range": ({"vllm_host_instances": [{"name": "main", "port": 70000}]}, "vllm_host_instances[0].port"),
+    "port not a number": ({"vllm_host_instances": [{"name": "main", "port": "http"}]}, "vllm_host_instances[0].port"),
+    "gpu memory fraction above 1": (
+        {
+            "vllm_host_profile": "cuda",
+            "vllm_host_gpu_check": False,
+            "vllm_host_instances": [{"name": "main", "gpu_memory_utilization": 1.5}],
+        },
+        "vllm_host_instances[0].gpu_memory_utilization",
+    ),
+    "gpu memory fraction zero": (
+        {
+            "vllm_host_profile": "cuda",
+            "vllm_host_gpu_check": False,
+            "vllm_host_instances": [{"name": "main", "gpu_memory_utilization": 0}],
+        },
+        "vllm_host_instances[0].gpu_memory_utilization",
+    ),
+    "tensor parallel size zero": (
+        {"vllm_host_instances": [{"name": "main", "tensor_parallel_size": 0}]},
+        "vllm_host_instances[0].tensor_parallel_size",
+    ),
+    "unknown dtype": ({"vllm_host_server_defaults": {"dtype": "fp7"}}, "vllm_host_instances[0].dtype"),
+    "misspelled server key": (
+        {"vllm_host_instances": [{"name": "main", "max_model_length": 512}]},
+        "vllm_host_instances[0].max_model_length",
+    ),
+    "api key in extra_args": (
+        {"vllm_host_instances": [{"name": "main", "extra_args": ["--api-key", "x"]}]},
+        "vllm_host_instances[0].extra_args",
+    ),
+    "missing model": ({"vllm_host_model_path": ""}, "vllm_host_instances[0].model"),
+    "empty key where one is required": ({"vllm_host_api_key": ""}, "vllm_host_api_key"),
+    "health timeout not an int": ({"vllm_host_health_timeout": "soon"}, "vllm_host_health_timeout"),
+    "unknown health probe": ({"vllm_host_health_probes": ["ping"]}, "vllm_host_health_probes"),
+    "disk threshold not an int": ({"vllm_host_min_free_disk_mb": "lots"}, "vllm_host_min_free_disk_mb"),
+}
+
+
+# Preflight tasks that look at the host rather than the variables (this controller is not a systemd host).
+HOST_CHECKS = (
+    "[Require systemd",
+    "[Require a supported operating system",
+    "[Check the Python",
+    "[Require free disk",
+    "[Require the instruction sets",
+)
+
+
+def run_role(tmp_path: Path, overrides: dict) -> tuple[int, dict, str]:
+    extra = {**VALID, **overrides}
+    varsfile = tmp_path / "vars.json"
+    varsfile.write_text(json.dumps(extra))
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        textwrap.dedent(
+            """\
+            - hosts: localhost
+              connection: local
+              gather_facts: true
+              vars:
+                ansible_python_interpreter: "{{ ansible_playbook_python }}"
+              roles:
+                - llmops.platform.vllm_host
+            """
+        )
+    )
+    env = {
+        **os.environ,
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".collections"),
+    }
+    proc = subprocess.run(
+        # Only the preflight runs (tag), so even a valid configuration never installs anything here.
+        ["ansible-playbook", "-i", "localhost,", str(playbook), "-e", f"@{varsfile}", "--tags", "vllm_host_preflight"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
+    report = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
+    return proc.returncode, report, proc.stdout + proc.stderr
+
+
+def failure_messages(report: dict) -> list[str]:
+    messages = []
+    for play in report.get("plays", []):
+        for task in play.get("tasks", []):
+            for result in task.get("hosts", {}).values():
+                if result.get("failed"):
+                    # "llmops.platform.vllm_host : Require ..." -> "Require ..."
+                    name = task["task"]["name"].split(" : ", 1)[-1]
+                    messages.append(f"[{name}] {result.get('msg', '')}")
+                    messages.extend(
+                        f"[{name}] {item.get('msg', '')}" for item in result.get("results", []) if item.get("failed")
+                    )
+    return messages
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_variable_fails_in_preflight_naming_it(tmp_path: Path, case: str) -> None:
+    overrides, variable = CASES[case]
+    rc, report, output = run_role(tmp_path, overrides)
+    assert rc != 0, f"{case}: the play succeeded\n{output[-3000:]}"
+    messages = failure_messages(report)
+    assert messages, f"{case}: no failed task in the report\n{output[-3000:]}"
+    assert any(variable in m for m in messages), f"{case}: no failure names {variable}: {messages}"
+    stats = report["stats"]["localhost"]
+    assert stats["changed"] == 0, f"{case}: something changed before the failure: {stats}"
+    assert not any(m.startswith(HOST_CHECKS) for m in messages), f"{case}: failed on a host check: {messages}"
+    assert "s3cret-test-key" not in output, f"{case}: the API key leaked into the output"
+
+
+def test_valid_variables_pass_the_variable_checks(tmp_path: Path) -> None:
+    """The baseline is valid: it passes every variable check (it may stop at a host check here)."""
+    rc, report, output = run_role(tmp_path, {})
+    messages = failure_messages(report)
+    assert report.get("stats"), output[-3000:]
+    assert rc == 0 or all(m.startswith(HOST_CHECKS) for m in messages), f"{messages}\n{output[-2000:]}"
