@@ -64,6 +64,8 @@ PACKAGES = (
     "openssh-server",
     "python3",
     "python3-venv",
+    "python3-packaging",  # ansible.builtin.pip needs it on the target
+    "python3-apt",  # ansible.builtin.apt (through package) needs it on the target
     "iproute2",
     "iputils-ping",
     "sudo",
