@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Fail when a role's defaults/main.yml and meta/argument_specs.yml disagree.
 
 Every variable in defaults must be declared in the `main` entry point with the same default, and

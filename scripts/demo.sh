@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make demo`: the external layout (ADR-002 option A) on a local systemd test host.
+# Boots a Debian 12 host with systemd-nspawn (reached over SSH like any server), deploys vLLM with the
+# production playbook playbooks/external.yml (cpu profile, tiny model, offline wheelhouse), then prints
+# the health report and one chat completion. The host stays up for you to explore; remove it with
+#   python3 tests/hosts/nspawn_hosts.py destroy --prefix demo --state-dir "$LLMOPS_CACHE/demo"
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$LLMOPS_ROOT"
+
+state="$LLMOPS_CACHE/demo"
+host=vllm-demo
+export LLMOPS_DEMO_API_KEY="${LLMOPS_DEMO_API_KEY:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')}"
+
+llmops_log "booting the test host $host (Debian 12, systemd, SSH)"
+python3 tests/hosts/nspawn_hosts.py create --prefix demo --state-dir "$state" --host "$host" \
+    --bind-ro "$LLMOPS_FIXTURES:/srv/fixtures" --wheelhouse >/dev/null
+printf -- '---\nvllm_hosts:\n  hosts:\n    %s:\n' "$host" > "$state/groups.yml"
+
+llmops_log "deploying with playbooks/external.yml (first run installs vLLM on the host: a few minutes)"
+ansible-playbook -i inventories/demo -i "$state/inventory.yml" -i "$state/groups.yml" playbooks/external.yml
+
+address=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["hosts"][sys.argv[2]]["ip"])' \
+    "$state/state.json" "$host")
+llmops_log "one chat completion from http://$address:8000 (OpenAI client, API key from the environment)"
+OPENAI_API_KEY="$LLMOPS_DEMO_API_KEY" python - "$address" <<'PY'
+import sys
+from openai import OpenAI
+
+client = OpenAI(base_url=f"http://{sys.argv[1]}:8000/v1")
+reply = client.chat.completions.create(
+    model="tiny", messages=[{"role": "user", "content": "hello world"}], max_tokens=12, temperature=0
+)
+print(f"model={reply.model} finish_reason={reply.choices[0].finish_reason} usage={reply.usage.total_tokens} tokens")
+print(f"answer: {reply.choices[0].message.content.strip()!r}")
+PY
+llmops_log "done; the host keeps serving. Remove it with: python3 tests/hosts/nspawn_hosts.py destroy --prefix demo --state-dir $state"
