@@ -74,7 +74,45 @@ CASES = {
     "health timeout not an int": ({"vllm_host_health_timeout": "soon"}, "vllm_host_health_timeout"),
     "unknown health probe": ({"vllm_host_health_probes": ["ping"]}, "vllm_host_health_probes"),
     "disk threshold not an int": ({"vllm_host_min_free_disk_mb": "lots"}, "vllm_host_min_free_disk_mb"),
+    # GPU checks against a replayed real H100 host (one GPU): see replaying_nvidia_smi().
+    "tensor parallel size above the GPU count": (
+        {"vllm_host_profile": "cuda", "vllm_host_instances": [{"name": "main", "tensor_parallel_size": 2}]},
+        "vllm_host_instances",
+    ),
+    "device index the host does not have": (
+        {"vllm_host_profile": "cuda", "vllm_host_instances": [{"name": "main", "devices": [3]}]},
+        "vllm_host_instances",
+    ),
 }
+
+DATA = ROOT / "tests" / "unit" / "data" / "nvidia-smi"
+
+
+def replaying_nvidia_smi(directory: Path) -> Path:
+    """An nvidia-smi that answers with the real captures of a one-GPU H100 host.
+
+    The --query-gpu capture has units (``81559 MiB``); the role asks for ``nounits``, so they are
+    stripped, nothing else changes.
+    """
+    row = (DATA / "smi_query_gpu.csv").read_text().splitlines()[1]
+    values = [v.strip() for v in row.split(",")]
+    values = [v.split(" ")[0] if v.endswith((" MiB", " %", " W")) else v for v in values]
+    (directory / "query.csv").write_text(", ".join(values) + "\n")
+    app = (DATA / "smi_compute_apps_busy.csv").read_text().splitlines()[1]
+    pid, name, used, uuid = (v.strip() for v in app.split(","))
+    (directory / "apps.csv").write_text(f"{uuid}, {pid}, {name}, {used.split(' ')[0]}\n")
+    script = directory / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        f'  --query-gpu=*) exec cat "{directory}/query.csv" ;;\n'
+        f'  --query-compute-apps=*) exec cat "{directory}/apps.csv" ;;\n'
+        f'  -q) exec cat "{DATA}/smi_q.xml" ;;\n'
+        '  *) echo "unexpected arguments: $*" >&2; exit 2 ;;\n'
+        "esac\n"
+    )
+    script.chmod(0o755)
+    return script
 
 
 # Preflight tasks that look at the host rather than the variables (this controller is not a systemd host).
@@ -88,7 +126,7 @@ HOST_CHECKS = (
 
 
 def run_role(tmp_path: Path, overrides: dict) -> tuple[int, dict, str]:
-    extra = {**VALID, **overrides}
+    extra = {**VALID, "vllm_host_nvidia_smi_path": str(replaying_nvidia_smi(tmp_path)), **overrides}
     varsfile = tmp_path / "vars.json"
     varsfile.write_text(json.dumps(extra))
     playbook = tmp_path / "play.yml"
@@ -152,6 +190,18 @@ def test_bad_variable_fails_in_preflight_naming_it(tmp_path: Path, case: str) ->
     assert stats["changed"] == 0, f"{case}: something changed before the failure: {stats}"
     assert not any(m.startswith(HOST_CHECKS) for m in messages), f"{case}: failed on a host check: {messages}"
     assert "s3cret-test-key" not in output, f"{case}: the API key leaked into the output"
+
+
+def test_one_gpu_host_passes_the_gpu_checks(tmp_path: Path) -> None:
+    """Control for the GPU cases: the same replayed host with tensor_parallel_size 1 passes them."""
+    rc, report, output = run_role(tmp_path, {"vllm_host_profile": "cuda"})
+    messages = failure_messages(report)
+    assert not any("GPU" in m for m in messages), messages
+    gpu_task = [
+        t for p in report["plays"] for t in p["tasks"] if t["task"]["name"].endswith("Inventory the NVIDIA GPUs")
+    ]
+    assert gpu_task and gpu_task[0]["hosts"]["localhost"]["count"] == 1, output[-2000:]
+    assert rc == 0 or all(m.startswith(HOST_CHECKS) for m in messages), messages
 
 
 def test_valid_variables_pass_the_variable_checks(tmp_path: Path) -> None:
