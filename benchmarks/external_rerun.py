@@ -67,7 +67,7 @@ def main() -> int:
         )  # fmt: skip
         (state / "groups.yml").write_text("---\nvllm_hosts:\n  hosts:\n" + "".join(f"    {h}:\n" for h in HOSTS))
         log("first deploy on both hosts (installs vLLM from the wheelhouse; minutes)")
-        first, changed, _ = playbook(state, None, quiet=False)
+        first, changed, _hosts = playbook(state, None, quiet=False)
         log(f"first deploy: {first:.1f} s, changed={changed}")
         rows = []
         for label, limit in (("1 host", HOSTS[0]), ("2 hosts", None)):

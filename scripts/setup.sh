@@ -49,6 +49,12 @@ fi
 # from (both built once per machine; prints progress).
 python3 tests/hosts/nspawn_hosts.py base --wheelhouse
 
+# ansible-test sanity skips its shellcheck test when the program is missing: install it.
+if ! command -v shellcheck >/dev/null; then
+    llmops_log "installing shellcheck (Debian package) for ansible-test sanity"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null
+fi
+
 # ansible-test sanity --venv downloads a pip bootstrap script from a host outside PyPI; give it ours.
 get_pip_version=$(grep -ohP "^\s+pip='\K[0-9.]+" \
     "$LLMOPS_TOOLS_VENV"/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py)

@@ -8,7 +8,7 @@
 # `tests/run_all.sh STAGE...` runs only those stages.
 set -uo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
-cd "$LLMOPS_ROOT"
+cd "$LLMOPS_ROOT" || exit 1
 
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit integration molecule)
