@@ -3,7 +3,8 @@
 #   lint         yamllint, ansible-lint (production profile), ruff, argument specs == defaults
 #   sanity       ansible-test sanity with empty ignore files
 #   unit         pytest tests/unit
-#   integration  pytest tests/integration (real vLLM CPU server, real processes)
+#   integration  pytest tests/integration tests/hosts tests/k8s (real vLLM CPU server, systemd test
+#                hosts, the Kubernetes API emulator)
 #   molecule     molecule scenarios (real systemd hosts in nspawn, Kubernetes API emulator)
 # `tests/run_all.sh STAGE...` runs only those stages.
 set -uo pipefail
@@ -37,7 +38,8 @@ stage_unit() {
 }
 
 stage_integration() {
-    python -m pytest -q -p no:cacheprovider tests/integration
+    # tests/hosts: the nspawn test-host driver itself; tests/k8s: the Kubernetes API emulator harness.
+    python -m pytest -q -p no:cacheprovider tests/integration tests/hosts tests/k8s
 }
 
 stage_molecule() {

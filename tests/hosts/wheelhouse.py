@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -119,6 +120,15 @@ def url(bind: str = DEFAULT_BIND, port: int = DEFAULT_PORT) -> str:
     return f"http://{bind}:{port}/"
 
 
+def _serves(base_url: str, directory: Path) -> bool:
+    """True when base_url serves this wheelhouse (its requirements.lock has the same bytes)."""
+    try:
+        with urllib.request.urlopen(base_url + "requirements.lock", timeout=5) as response:
+            return response.read() == (directory / "requirements.lock").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+
 def serve(state_dir: Path, bind: str = DEFAULT_BIND, port: int = DEFAULT_PORT, lock: Path = DEFAULT_LOCK) -> str:
     """Start ``python -m http.server`` on bind:port serving the wheelhouse; idempotent."""
     directory = build(lock)
@@ -127,6 +137,11 @@ def serve(state_dir: Path, bind: str = DEFAULT_BIND, port: int = DEFAULT_PORT, l
         log(f"already serving {url(bind, port)}")
         return url(bind, port)
     if _port_open(bind, port):
+        # Another set of test hosts (or a run whose teardown never ran) serves the same wheelhouse:
+        # share it. Anything else on the port is an error.
+        if _serves(url(bind, port), directory):
+            log(f"reusing the wheelhouse already served at {url(bind, port)}")
+            return url(bind, port)
         raise SystemExit(f"{bind}:{port} is already taken by another process; choose --port")
     logfile = (state_dir / "wheelhouse.log").open("ab")
     proc = subprocess.Popen(

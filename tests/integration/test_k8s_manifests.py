@@ -1,0 +1,165 @@
+"""Every manifest vllm_k8s renders is valid, strictly, for several Kubernetes versions, and the
+container runs exactly the arguments the shared server configuration renders (as vllm_host does).
+
+The role runs in render-only mode (vllm_k8s_apply: false, vllm_k8s_render_dir), so no cluster is
+involved: these are the files a real API server would be sent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+for path in (ROOT / "tests" / "k8s", ROOT / ".collections"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import validate  # noqa: E402
+
+from ansible_collections.llmops.platform.plugins.module_utils import vllm_server as vs  # noqa: E402
+
+CONFIGS = {
+    "default": {"vllm_k8s_api_key": "render-test-key"},
+    "gpu-tp2": {
+        "vllm_k8s_api_key": "render-test-key",
+        "vllm_k8s_server": {
+            "tensor_parallel_size": 2,
+            "max_model_len": 8192,
+            "dtype": "bfloat16",
+            "enable_prefix_caching": True,
+            "gpu_memory_utilization": 0.85,
+        },
+        "vllm_k8s_runtime_class_name": "nvidia",
+        "vllm_k8s_model_revision": "sha256-abc",
+        "vllm_k8s_network_policy_namespace_labels": [{"kubernetes.io/metadata.name": "monitoring"}],
+        "vllm_k8s_service_monitor": True,
+        "vllm_k8s_pdb_max_unavailable": "50%",
+    },
+    "existing-secret-no-extras": {
+        "vllm_k8s_network_policy": False,
+        "vllm_k8s_pdb": False,
+        "vllm_k8s_create_namespace": False,
+        "vllm_k8s_gpus": 4,
+    },
+}
+
+
+def render(tmp_path: Path, overrides: dict) -> Path:
+    varsfile = tmp_path / "vars.json"
+    varsfile.write_text(json.dumps(overrides))
+    return validate.render_role("vllm_k8s", [f"@{varsfile}"], tmp_path)
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def rendered(request, tmp_path_factory) -> tuple:
+    tmp = tmp_path_factory.mktemp(request.param)
+    out = render(tmp, CONFIGS[request.param])
+    docs = {p.name: yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))}
+    return request.param, docs
+
+
+def manifests(docs: dict) -> dict:
+    return {doc["kind"]: doc for name, doc in docs.items() if name != "helm-values.yaml"}
+
+
+def test_every_manifest_is_valid_for_three_kubernetes_versions(rendered) -> None:
+    name, docs = rendered
+    objects = manifests(docs)
+    expected = {"Deployment", "Service"}
+    if name != "existing-secret-no-extras":
+        expected |= {"Namespace", "Secret", "NetworkPolicy", "PodDisruptionBudget"}
+    assert expected <= set(objects), sorted(objects)
+    assert len(validate.DEFAULT_VERSIONS) >= 3
+    problems = [p for doc in objects.values() for p in validate.validate_manifest(doc, validate.DEFAULT_VERSIONS, name)]
+    assert problems == [], "\n".join(map(str, problems))
+
+
+def test_the_validator_rejects_what_a_strict_server_rejects() -> None:
+    """The check above can fail: a misspelt field and a wrongly typed value are caught."""
+    bad = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "x"},
+        "spec": {"ports": [{"port": "http"}], "selektor": {}},
+    }
+    problems = validate.validate_manifest(bad)
+    assert len(problems) == len(validate.DEFAULT_VERSIONS)
+    monitor = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": "x"},
+        "spec": {"selector": {}, "endpoints": [{"port": "http", "interval": "soon"}]},
+    }
+    assert validate.validate_manifest(monitor)
+
+
+def test_container_args_are_the_shared_renderers(rendered) -> None:
+    """The single source of truth: the container gets vllm_server_args of the same configuration that
+    vllm_host renders into its systemd unit."""
+    name, docs = rendered
+    overrides = CONFIGS[name]
+    config = {
+        "model": "/storage/models/merged-model",
+        "served_model_name": "merged-model",
+        "host": "0.0.0.0",
+        "port": 8000,
+        "device": "cuda",
+        **overrides.get("vllm_k8s_server", {}),
+    }
+    expected = vs.render_server_args(config)
+    container = manifests(docs)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == expected
+    assert vs.parse_server_args(container["args"]) == vs.normalize_server_config(config)
+    # vllm_host builds the same list for its ExecStart (through vllm_systemd_exec_args).
+    assert vs.systemd_exec_args(container["args"]) == vs.systemd_exec_args(expected)
+    assert all(isinstance(word, str) for word in container["args"])
+
+
+def test_probes_resources_and_security(rendered) -> None:
+    name, docs = rendered
+    pod = manifests(docs)["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    startup = container["startupProbe"]
+    assert startup["failureThreshold"] * startup["periodSeconds"] >= 1800
+    tp = CONFIGS[name].get("vllm_k8s_server", {}).get("tensor_parallel_size", 1)
+    gpus = str(CONFIGS[name].get("vllm_k8s_gpus", tp))
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus
+    assert all(isinstance(v, str) for part in container["resources"].values() for v in part.values())
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    env = {e["name"]: e for e in container["env"]}
+    assert env["VLLM_API_KEY"] == {
+        "name": "VLLM_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "vllm-api-key", "key": "api-key"}},
+    }
+    rendered_text = json.dumps(docs)
+    assert "render-test-key" not in rendered_text, "the API key was written to the render directory"
+
+
+def test_helm_values_come_from_the_same_configuration(rendered) -> None:
+    name, docs = rendered
+    values = docs["helm-values.yaml"]
+    spec = values["servingEngineSpec"]["modelSpec"][0]
+    config = {
+        "model": "/storage/models/merged-model",
+        "served_model_name": "merged-model",
+        "host": "0.0.0.0",
+        "port": 8000,
+        "device": "cuda",
+        **CONFIGS[name].get("vllm_k8s_server", {}),
+    }
+    # What the chart's template turns the values into, read back, is the same configuration, except for
+    # prefix caching, which the chart always states (docs/vllm-server-config.md).
+    effective = vs.parse_server_args(vs.effective_args_from_helm_model_spec(spec))
+    expected = vs.normalize_server_config(config)
+    if expected["enable_prefix_caching"] is None:
+        expected["enable_prefix_caching"] = vs.HELM_PREFIX_CACHING_WHEN_UNSET
+    assert effective == expected
+    assert values["servingEngineSpec"]["vllmApiKey"] == {"secretName": "vllm-api-key", "secretKey": "api-key"}
+    assert spec["extraVolumes"][0]["persistentVolumeClaim"]["claimName"] == "llama-storage"
