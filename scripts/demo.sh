@@ -14,7 +14,7 @@ export LLMOPS_DEMO_API_KEY="${LLMOPS_DEMO_API_KEY:-$(python3 -c 'import secrets;
 
 llmops_log "booting the test host $host (Debian 12, systemd, SSH)"
 python3 tests/hosts/nspawn_hosts.py create --prefix demo --state-dir "$state" --host "$host" \
-    --bind-ro "$LLMOPS_FIXTURES:/srv/fixtures" --wheelhouse >/dev/null
+    --wheelhouse >/dev/null
 printf -- '---\nvllm_hosts:\n  hosts:\n    %s:\n' "$host" > "$state/groups.yml"
 
 llmops_log "deploying with playbooks/external.yml (first run installs vLLM on the host: a few minutes)"

@@ -49,10 +49,15 @@ fi
 # from (both built once per machine; prints progress).
 python3 tests/hosts/nspawn_hosts.py base --wheelhouse
 
-# ansible-test sanity skips its shellcheck test when the program is missing: install it.
-if ! command -v shellcheck >/dev/null; then
-    llmops_log "installing shellcheck (Debian package) for ansible-test sanity"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null
+# Controller programs from Debian: rsync (model_sync pushes models with it) and shellcheck
+# (ansible-test sanity skips its shellcheck test without it).
+missing=()
+for program in rsync shellcheck; do
+    command -v "$program" >/dev/null || missing+=("$program")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    llmops_log "installing ${missing[*]} (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # ansible-test sanity --venv downloads a pip bootstrap script from a host outside PyPI; give it ours.

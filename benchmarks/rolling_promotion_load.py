@@ -1,0 +1,144 @@
+"""Requests dropped during a rolling model promotion across two real hosts under continuous load.
+
+Boots two nspawn test hosts, deploys the external layout (tiny model) on both, then starts a client
+that sends completions continuously, round-robin across the two hosts the way a load balancer would,
+moving a request to the other host when its connection fails (refused, reset, closed mid-request).
+While it runs, playbooks/promote.yml rolls tiny-v2 across the fleet one host at a time. Prints the
+requests sent, moved to the other host, and failed (failed = no host could answer it), and which
+model version answered before and after. Prints figures; asserts nothing.
+
+    scripts/run python benchmarks/rolling_promotion_load.py [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = ROOT / "tests" / "hosts" / "nspawn_hosts.py"
+PREFIX = "load"
+HOSTS = ["load-1", "load-2"]
+KEY = "load-benchmark-key-0123456789"
+CONNECTION_ERRORS = (ConnectionError, http.client.RemoteDisconnected, http.client.IncompleteRead, TimeoutError)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def playbook(state: Path, name: str, **extra: str) -> int:
+    cmd = ["ansible-playbook", "-i", str(ROOT / "inventories" / "demo"), "-i", str(state / "inventory.yml"),
+           "-i", str(state / "groups.yml"), str(ROOT / "playbooks" / name)]  # fmt: skip
+    for key, value in extra.items():
+        cmd += ["-e", f"{key}={value}"]
+    return subprocess.run(cmd, cwd=ROOT, check=False, stdout=subprocess.DEVNULL).returncode
+
+
+def complete(address: str) -> str:
+    request = urllib.request.Request(
+        f"http://{address}:8000/v1/completions",
+        data=json.dumps({"model": "tiny", "prompt": "hello world", "max_tokens": 4, "temperature": 0}).encode(),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["choices"][0]["text"]
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, urllib.error.HTTPError):
+        return False
+    if isinstance(exc, urllib.error.URLError):
+        return isinstance(exc.reason, (*CONNECTION_ERRORS, OSError))
+    return isinstance(exc, CONNECTION_ERRORS)
+
+
+class Client(threading.Thread):
+    """Round-robin across the hosts; on a connection error, the request moves to the other host."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.addresses = addresses
+        self.stop = threading.Event()
+        self.sent = self.moved = 0
+        self.failed: list[str] = []
+        self.answers: list[tuple[float, str]] = []
+
+    def run(self) -> None:
+        turn = 0
+        deadline = time.monotonic() + 1800  # bounded, whatever happens
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            self.sent += 1
+            order = [self.addresses[turn % 2], self.addresses[(turn + 1) % 2]]
+            turn += 1
+            for attempt, address in enumerate(order):
+                try:
+                    self.answers.append((time.monotonic(), complete(address)))
+                    break
+                except Exception as exc:
+                    if attempt == 0 and is_connection_error(exc):
+                        self.moved += 1
+                        continue
+                    self.failed.append(f"{address}: {exc!r}")
+                    break
+            time.sleep(0.02)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", action="store_true", help="leave the hosts up")
+    args = parser.parse_args()
+    state = Path(os.environ["LLMOPS_CACHE"]) / "bench-load"
+    fixtures = Path(os.environ["LLMOPS_FIXTURES"]) / "models"
+    os.environ["LLMOPS_DEMO_API_KEY"] = KEY
+    subprocess.run(["python3", str(CLI), "destroy", "--prefix", PREFIX, "--state-dir", str(state)],
+                   check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        log("booting 2 test hosts")
+        create = ["python3", str(CLI), "create", "--prefix", PREFIX, "--state-dir", str(state), "--wheelhouse"]
+        subprocess.run(create + [f"--host={h}" for h in HOSTS], check=True, stdout=subprocess.DEVNULL)
+        (state / "groups.yml").write_text("---\nvllm_hosts:\n  hosts:\n" + "".join(f"    {h}:\n" for h in HOSTS))
+        hosts = json.loads((state / "state.json").read_text())["hosts"]
+        addresses = [hosts[h]["ip"] for h in HOSTS]
+        log("deploying tiny on both hosts (external.yml)")
+        if playbook(state, "external.yml", model_sync_source=str(fixtures / "tiny")) != 0:
+            sys.exit("external.yml failed")
+        before = complete(addresses[0])
+        client = Client(addresses)
+        client.start()
+        time.sleep(3)
+        log("promoting tiny-v2 one host at a time under load (promote.yml)")
+        started = time.monotonic()
+        rc = playbook(state, "promote.yml", model_sync_source=str(fixtures / "tiny-v2"))
+        promotion_s = time.monotonic() - started
+        time.sleep(3)
+        client.stop.set()
+        client.join()
+        after = [complete(a) for a in addresses]
+    finally:
+        if not args.keep:
+            subprocess.run(["python3", str(CLI), "destroy", "--prefix", PREFIX, "--state-dir", str(state)],
+                           check=False, stdout=subprocess.DEVNULL)  # fmt: skip
+    versions = collections.Counter("v1" if text == before else "v2" for _t, text in client.answers)
+    print()
+    print(f"promote.yml exit code {rc}, {promotion_s:.1f} s for 2 hosts (serial 1)")
+    print(f"requests sent {client.sent}, moved to the other host {client.moved}, failed {len(client.failed)}")
+    print(f"answers by version during the run: {dict(versions)}")
+    print(f"after: both hosts answer v2: {all(a != before for a in after) and len(set(after)) == 1}")
+    for failure in client.failed[:10]:
+        print(f"  failed: {failure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

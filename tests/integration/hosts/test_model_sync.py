@@ -1,0 +1,230 @@
+"""Model sync and promotion on a real systemd host serving with a real vLLM (CPU build, tiny models).
+
+One nspawn test host runs the external layout (playbooks/external.yml: model_sync + vllm_host), then
+playbooks/promote.yml drives the cases of the issue, in order, each checked from outside by asking the
+server for a temperature-0 completion (the tiny models answer deterministically, and each version
+differently):
+
+  first sync and serve -> re-run changes nothing -> a new version is promoted -> a broken version
+  (head_dim 16: /health 200, completions HTTP 500) rolls back to the old one, which answers again ->
+  a source that does not match the digest the producer recorded is rejected before copying ->
+  a corrupted copy in staging (same size and mtime, so rsync's quick check trusts it) is rejected by the
+  manifest check with nothing switched, and the re-run completes -> a copy cut short (a truncated
+  file left in staging, what a killed rsync leaves) keeps the old version serving and a re-run
+  completes -> too little disk fails before copying.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+CLI = ROOT / "tests" / "hosts" / "nspawn_hosts.py"
+FIXTURES = Path(os.environ["LLMOPS_FIXTURES"])
+sys.path.insert(0, str(ROOT / ".collections"))
+from ansible_collections.llmops.platform.plugins.module_utils import model_manifest  # noqa: E402
+
+pytestmark = pytest.mark.hosts
+
+PREFIX = "msync"
+HOST = "msync-1"
+KEY = "model-sync-test-key-0123456789"
+MODEL_DIR = "/srv/vllm/models/merged-model"
+
+
+class Fleet:
+    def __init__(self, state: Path, address: str) -> None:
+        self.state = state
+        self.address = address
+
+    def playbook(self, name: str, **extra: object) -> tuple[int, str, dict]:
+        varsfile = self.state / "extra.json"
+        varsfile.write_text(json.dumps(extra))
+        env = {**os.environ, "LLMOPS_DEMO_API_KEY": KEY, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"}
+        proc = subprocess.run(
+            ["ansible-playbook", "-i", str(ROOT / "inventories" / "demo"), "-i", str(self.state / "inventory.yml"),
+             "-i", str(self.state / "groups.yml"), str(ROOT / "playbooks" / name), "-e", f"@{varsfile}"],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200, check=False,
+        )  # fmt: skip
+        report = json.loads(proc.stdout) if proc.stdout.lstrip().startswith("{") else {}
+        return proc.returncode, proc.stdout + proc.stderr, report
+
+    def ssh(self, command: str) -> str:
+        proc = subprocess.run(
+            ["ssh", "-i", str(self.state / "id_ed25519"), "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{self.address}", command],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{command}: {proc.stderr}"
+        return proc.stdout
+
+    def answer(self) -> str:
+        request = urllib.request.Request(
+            f"http://{self.address}:8000/v1/completions",
+            data=json.dumps({"model": "tiny", "prompt": "hello world", "max_tokens": 8, "temperature": 0}).encode(),
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)["choices"][0]["text"]
+
+    def current(self) -> str:
+        return self.ssh(f"readlink {MODEL_DIR}/current").strip()
+
+
+def changed(report: dict) -> int:
+    return sum(s.get("changed", 0) for s in report.get("stats", {}).values())
+
+
+def failures(report: dict) -> str:
+    out = []
+    for play in report.get("plays", []):
+        for task in play.get("tasks", []):
+            for result in task.get("hosts", {}).values():
+                if result.get("failed"):
+                    out.append(f"{task['task']['name']}: {result.get('msg', '')}")
+    return "\n".join(out)
+
+
+def digest(path: Path) -> str:
+    return model_manifest.inspect_model_dir(str(path))["content_digest"]
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to boot systemd-nspawn test hosts")
+    # A fixed state dir: a run that was interrupted before its teardown is cleaned up here.
+    state = Path(os.environ["LLMOPS_CACHE"]) / "test-hosts" / PREFIX
+    subprocess.run([sys.executable, str(CLI), "destroy", "--prefix", PREFIX, "--state-dir", str(state)],
+                   check=False, capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(CLI), "create", "--prefix", PREFIX, "--state-dir", str(state), "--host", HOST,
+         "--wheelhouse"],
+        check=True, capture_output=True, timeout=900,
+    )  # fmt: skip
+    (state / "groups.yml").write_text(f"---\nvllm_hosts:\n  hosts:\n    {HOST}:\n")
+    address = json.loads((state / "state.json").read_text())["hosts"][HOST]["ip"]
+    yield Fleet(state, address)
+    subprocess.run([sys.executable, str(CLI), "destroy", "--prefix", PREFIX, "--state-dir", str(state)],
+                   check=False, capture_output=True, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("models")
+    out = {name: FIXTURES / "models" / name for name in ("tiny", "tiny-v2", "tiny-broken")}
+    # A third good version: tiny-v2's weights plus a README (new content digest, same answers as v2).
+    v3 = base / "tiny-v3"
+    shutil.copytree(out["tiny-v2"], v3)
+    (v3 / "README.md").write_text("tiny test model, version 3\n")
+    out["tiny-v3"] = v3
+    # A fourth: tiny plus a README, used for the cut-short copy.
+    v4 = base / "tiny-v4"
+    shutil.copytree(out["tiny"], v4)
+    (v4 / "README.md").write_text("tiny test model, version 4\n")
+    out["tiny-v4"] = v4
+    # A corrupted copy of tiny: one byte of the weights flipped (headers still parse).
+    bad = base / "tiny-flipped"
+    shutil.copytree(out["tiny"], bad)
+    weights = bad / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    out["tiny-flipped"] = bad
+    return out
+
+
+def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None:
+    # 1. First deploy: the model is synced as a content-addressed version, then vLLM serves it.
+    rc, out, report = fleet.playbook("external.yml", model_sync_source=str(models["tiny"]))
+    assert rc == 0, failures(report) or out[-4000:]
+    v1 = fleet.current()
+    assert v1 == f"versions/{digest(models['tiny'])[:16]}"
+    text_v1 = fleet.answer()
+    assert text_v1.strip()
+
+    # 2. Re-run: nothing changes.
+    started = time.monotonic()
+    rc, out, report = fleet.playbook("external.yml", model_sync_source=str(models["tiny"]))
+    print(f"unchanged re-run of external.yml: {time.monotonic() - started:.1f} s")
+    assert rc == 0 and changed(report) == 0, failures(report) or json.dumps(report.get("stats"))
+
+    # 3. A new version is promoted: new link, new (deterministic) answer.
+    rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v2"]))
+    assert rc == 0, failures(report) or out[-4000:]
+    v2 = fleet.current()
+    assert v2 == f"versions/{digest(models['tiny-v2'])[:16]}" != v1
+    text_v2 = fleet.answer()
+    assert text_v2.strip() and text_v2 != text_v1
+
+    # 4. A broken version fails its gate: rolled back automatically, the old version answers again.
+    rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-broken"]))
+    assert rc != 0
+    assert "ROLLED BACK" in failures(report), failures(report) or out[-4000:]
+    assert fleet.current() == v2
+    assert fleet.answer() == text_v2
+
+    # 5. A source that does not match the digest the producer recorded is rejected before copying.
+    rc, out, report = fleet.playbook(
+        "promote.yml", model_sync_source=str(models["tiny-flipped"]), model_sync_expected_digest=digest(models["tiny"])
+    )
+    assert rc != 0 and "digest" in failures(report).lower(), failures(report) or out[-4000:]
+    flipped_version = digest(models["tiny-flipped"])[:16]
+    assert flipped_version not in fleet.ssh(f"ls -a {MODEL_DIR} {MODEL_DIR}/versions")
+    assert fleet.current() == v2 and fleet.answer() == text_v2
+
+    # 6. A corrupted copy in staging that rsync's size+mtime check trusts: the manifest check rejects it,
+    #    nothing switches, the staging copy is removed, and the re-run completes.
+    v3_version = digest(models["tiny-v3"])[:16]
+    staging = f"{MODEL_DIR}/.staging-{v3_version}"
+    weights = models["tiny-flipped"] / "model.safetensors"
+    mtime = int((models["tiny-v3"] / "model.safetensors").stat().st_mtime)
+    fleet.ssh(f"mkdir -p {staging}")
+    subprocess.run(
+        ["scp", "-q", "-i", str(fleet.state / "id_ed25519"), "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", str(weights), f"root@{fleet.address}:{staging}/model.safetensors"],
+        check=True, timeout=120,
+    )  # fmt: skip
+    fleet.ssh(f"touch -d @{mtime} {staging}/model.safetensors")
+    # tiny-flipped has tiny's weights with one byte changed; tiny-v3 has tiny-v2's: same size either way.
+    assert weights.stat().st_size == (models["tiny-v3"] / "model.safetensors").stat().st_size
+    rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v3"]))
+    assert rc != 0 and "model.safetensors" in failures(report), failures(report) or out[-4000:]
+    assert fleet.current() == v2 and fleet.answer() == text_v2
+    assert f".staging-{v3_version}" not in fleet.ssh(f"ls -a {MODEL_DIR}")
+    rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v3"]))
+    assert rc == 0, failures(report) or out[-4000:]
+    assert fleet.current() == f"versions/{v3_version}"
+    assert fleet.answer() == text_v2  # same weights as v2
+
+    # 7. A copy cut short (what a killed rsync leaves: a truncated file in staging): the old version keeps
+    #    serving, and the next run completes the copy and promotes.
+    v4_version = digest(models["tiny-v4"])[:16]
+    staging = f"{MODEL_DIR}/.staging-{v4_version}"
+    fleet.ssh(f"mkdir -p {staging} && head -c 100000 /dev/zero > {staging}/model.safetensors")
+    assert fleet.current() == f"versions/{v3_version}" and fleet.answer() == text_v2
+    rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v4"]))
+    assert rc == 0, failures(report) or out[-4000:]
+    assert fleet.current() == f"versions/{v4_version}"
+    assert fleet.answer() == text_v1  # same weights as v1
+
+    # 8. Too little disk: fails before copying anything.
+    rc, out, report = fleet.playbook(
+        "promote.yml", model_sync_source=str(models["tiny-flipped"]), model_sync_disk_margin_mb=10**9
+    )
+    assert rc != 0 and "Nothing was copied" in failures(report), failures(report) or out[-4000:]
+    assert f".staging-{flipped_version}" not in fleet.ssh(f"ls -a {MODEL_DIR}")
+    assert fleet.current() == f"versions/{v4_version}"
+
+    # Versions beyond model_sync_keep (3) were pruned; current and previous remain.
+    versions = fleet.ssh(f"ls {MODEL_DIR}/versions").split()
+    assert len(versions) <= 3 and v4_version in versions, versions
