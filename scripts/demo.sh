@@ -10,7 +10,13 @@ cd "$LLMOPS_ROOT"
 
 state="$LLMOPS_CACHE/demo"
 host=vllm-demo
-export LLMOPS_DEMO_API_KEY="${LLMOPS_DEMO_API_KEY:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')}"
+# The demo host's API key: generated once, kept 0600 in the state dir, so a re-run changes nothing.
+mkdir -p "$state"
+if [ -z "${LLMOPS_DEMO_API_KEY:-}" ]; then
+    [ -s "$state/api-key" ] || (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' > "$state/api-key")
+    LLMOPS_DEMO_API_KEY=$(cat "$state/api-key")
+fi
+export LLMOPS_DEMO_API_KEY
 
 llmops_log "booting the test host $host (Debian 12, systemd, SSH)"
 python3 tests/hosts/nspawn_hosts.py create --prefix demo --state-dir "$state" --host "$host" \
@@ -34,4 +40,7 @@ reply = client.chat.completions.create(
 print(f"model={reply.model} finish_reason={reply.choices[0].finish_reason} usage={reply.usage.total_tokens} tokens")
 print(f"answer: {reply.choices[0].message.content.strip()!r}")
 PY
+llmops_log "the hardened unit's exposure (systemd-analyze security; lower is better, the target is 3.0 or lower)"
+ansible -i "$state/inventory.yml" "$host" -m ansible.builtin.command \
+    -a "systemd-analyze security --no-pager vllm@main.service" 2>/dev/null | grep -E "Overall exposure" || true
 llmops_log "done; the host keeps serving. Remove it with: python3 tests/hosts/nspawn_hosts.py destroy --prefix demo --state-dir $state"

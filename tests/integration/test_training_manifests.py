@@ -1,0 +1,261 @@
+"""Every manifest training_cluster renders for the internal and hybrid inventories (and the other
+storage/MLflow modes) is valid, strictly, for several Kubernetes versions; the ConfigMap carries
+exactly the files tasks_from render_llamafactory writes (one renderer); Secrets never reach the disk.
+
+The role runs in render-only mode (training_cluster_apply: false, training_cluster_render_dir) with the
+inventory's own group_vars, so no cluster is involved. A last test converges, re-converges and tears
+down against a REAL cluster when LLMOPS_REAL_KUBECONFIG names its kubeconfig, and is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "tests" / "k8s") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests" / "k8s"))
+
+import validate  # noqa: E402
+
+HF_TOKEN = "hf_render_test_token"
+VAULT = {
+    "vault_vllm_api_key": "render-vllm-key",
+    "vault_vllm_api_key_staging": "render-vllm-key",
+    "vault_hf_token": HF_TOKEN,
+}
+VERSIONS = ("1.29", "1.31", "1.33", "1.35")
+
+# name -> (inventory, extra variables on top of its group_vars)
+CONFIGS = {
+    "internal": ("internal", {}),
+    "hybrid-staging": ("hybrid", {}),
+    "internal-static-nfs-database": (
+        "internal",
+        {
+            "training_cluster_storage_mode": "static_nfs",
+            "training_cluster_nfs_server": "10.20.0.5",
+            "training_cluster_nfs_path": "/export/llm",
+            "training_cluster_mlflow_backend": "database",
+            "training_cluster_mlflow_database_uri": "postgresql://mlflow:pw@db/mlflow",
+            "training_cluster_mlflow_tracking_username": "trainer",
+            "training_cluster_mlflow_tracking_password": "pw-tracking",
+            "training_cluster_image_pull_secrets": ["regcred"],
+            "training_cluster_merge_gpus": 1,
+            "training_cluster_webui_gpus": 1,
+            "training_cluster_runtime_class_name": "nvidia",
+            "training_cluster_job_ttl_seconds": 86400,
+        },
+    ),
+    "internal-cpu-no-ui": (
+        "internal",
+        {
+            "training_cluster_use_cpu": True,
+            "training_cluster_precision": "fp32",
+            "training_cluster_max_steps": 4,
+            "training_cluster_webui_enabled": False,
+            "training_cluster_report_to": "none",
+        },
+    ),
+}
+
+PLAY = """\
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: llmops.platform.training_cluster
+      vars:
+        training_cluster_apply: false
+        training_cluster_render_dir: "{{ out_dir }}/manifests"
+    - ansible.builtin.include_role:
+        name: llmops.platform.training_cluster
+        tasks_from: render_llamafactory
+      vars:
+        training_cluster_render_dir: "{{ out_dir }}/llamafactory"
+    - ansible.builtin.include_role:
+        name: llmops.platform.vllm_k8s
+      vars:
+        vllm_k8s_apply: false
+        vllm_k8s_render_dir: "{{ out_dir }}/vllm"
+"""
+
+
+def ansible_env() -> dict:
+    return {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".collections"),
+        "ANSIBLE_NOCOLOR": "1",
+    }
+
+
+def render(tmp: Path, inventory: str, overrides: dict) -> Path:
+    play = tmp / "render.yml"
+    play.write_text(PLAY)
+    varsfile = tmp / "vars.json"
+    varsfile.write_text(json.dumps({**VAULT, **overrides, "out_dir": str(tmp / "out")}))
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", str(ROOT / "inventories" / inventory), str(play), "-e", f"@{varsfile}"],
+        capture_output=True,
+        text=True,
+        env=ansible_env(),
+        cwd=tmp,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert HF_TOKEN not in proc.stdout + proc.stderr, "the HF token leaked into the output"
+    return tmp / "out"
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def rendered(request, tmp_path_factory) -> tuple:
+    inventory, overrides = CONFIGS[request.param]
+    out = render(tmp_path_factory.mktemp(request.param), inventory, overrides)
+    return request.param, out
+
+
+def load(directory: Path) -> dict:
+    return {p.name: yaml.safe_load(p.read_text()) for p in sorted(directory.glob("*.yaml"))}
+
+
+def by_kind(docs: dict) -> dict:
+    out: dict = {}
+    for doc in docs.values():
+        if isinstance(doc, dict) and "kind" in doc:
+            out.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    return out
+
+
+def test_every_manifest_is_valid_for_several_kubernetes_versions(rendered) -> None:
+    name, out = rendered
+    docs = {**load(out / "manifests"), **{f"vllm/{k}": v for k, v in load(out / "vllm").items()}}
+    objects = by_kind(docs)
+    expected = {"Namespace", "PersistentVolumeClaim", "ConfigMap", "Deployment", "Service", "Job"}
+    assert expected <= set(objects), sorted(objects)
+    assert set(objects["Job"]) == {"llama-factory-train", "llama-factory-merge"}
+    assert "vllm-inference" in objects["Deployment"]
+    assert ("PersistentVolume" in objects) == (name == "internal-static-nfs-database")
+    manifests = [(source, doc) for source, doc in docs.items() if isinstance(doc, dict) and "kind" in doc]
+    assert len(manifests) >= 10
+    problems = [p for source, doc in manifests for p in validate.validate_manifest(doc, VERSIONS, f"{name}/{source}")]
+    assert problems == [], "\n".join(map(str, problems))
+
+
+def test_the_validator_would_catch_a_broken_job() -> None:
+    """The check above can fail: a Job with a misspelt field and a bad restartPolicy type is rejected."""
+    bad = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "x"},
+        "spec": {"backofLimit": 0, "template": {"spec": {"restartPolicy": 1, "containers": [{"name": "c"}]}}},
+    }
+    assert len(validate.validate_manifest(bad, VERSIONS)) == len(VERSIONS)
+
+
+def test_configmap_carries_the_files_render_llamafactory_writes(rendered) -> None:
+    name, out = rendered
+    configmap = by_kind(load(out / "manifests"))["ConfigMap"]["llama-factory-config"]
+    for file in ("train.yaml", "merge.yaml"):
+        assert configmap["data"][file] == (out / "llamafactory" / file).read_text(), f"{name}: {file} differs"
+    train = yaml.safe_load(configmap["data"]["train.yaml"])
+    merge = yaml.safe_load(configmap["data"]["merge.yaml"])
+    assert train["finetuning_type"] == "lora" and train["stage"] == "sft"
+    assert merge["adapter_name_or_path"] == train["output_dir"]
+    assert merge["export_dir"] == "/storage/models/merged-model"
+    assert merge["export_legacy_format"] is False
+    if name == "internal-cpu-no-ui":
+        assert train["use_cpu"] is True and train["bf16"] is False and train["fp16"] is False
+        assert train["max_steps"] == 4 and train["report_to"] == "none"
+    else:
+        assert "use_cpu" not in train and train["bf16"] is True
+
+
+def test_jobs_pods_and_secrets(rendered) -> None:
+    name, out = rendered
+    docs = load(out / "manifests")
+    objects = by_kind(docs)
+    train = objects["Job"]["llama-factory-train"]
+    merge = objects["Job"]["llama-factory-merge"]
+    for job, verb, config in ((train, "train", "/config/train.yaml"), (merge, "export", "/config/merge.yaml")):
+        pod = job["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["command"] == ["llamafactory-cli", verb, config]
+        assert pod["restartPolicy"] == "Never"
+        assert job["spec"]["backoffLimit"] == 0
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["storage"]["persistentVolumeClaim"]["claimName"] == "llama-storage"
+        assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        env = {e["name"]: e for e in container["env"]}
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"
+    train_container = train["spec"]["template"]["spec"]["containers"][0]
+    gpus = train_container["resources"].get("limits", {}).get("nvidia.com/gpu")
+    assert gpus == (None if name == "internal-cpu-no-ui" else "1")
+    # The vLLM API key Secret is vllm_k8s's: training_cluster renders none of its own.
+    secrets = objects.get("Secret", {})
+    assert "vllm-api-key" not in secrets
+    assert "hf-token" in secrets
+    assert all(v == "UkVEQUNURUQ=" for s in secrets.values() for v in s["data"].values()), "a Secret value was rendered"
+    rendered_text = json.dumps(docs) + json.dumps(load(out / "vllm"))
+    for secret in (HF_TOKEN, "pw-tracking", "postgresql://mlflow:pw@db/mlflow", "render-vllm-key"):
+        assert secret not in rendered_text, f"{secret} was written to the render directory"
+
+
+REAL = os.environ.get("LLMOPS_REAL_KUBECONFIG", "")
+
+
+@pytest.mark.skipif(
+    not REAL,
+    reason="no real cluster: set LLMOPS_REAL_KUBECONFIG to a kubeconfig (and optionally LLMOPS_REAL_STORAGE_CLASS, "
+    "LLMOPS_REAL_TRAIN_IMAGE) to converge training_cluster on it",
+)
+def test_real_cluster_converge_is_idempotent_and_tears_down(tmp_path: Path) -> None:
+    """Against a real API server: converge in a scratch namespace, converge again (changed=0), tear down."""
+    namespace = f"llmops-test-{uuid.uuid4().hex[:6]}"
+    common = {
+        "training_cluster_kubeconfig": REAL,
+        "training_cluster_namespace": namespace,
+        "training_cluster_image": os.environ.get("LLMOPS_REAL_TRAIN_IMAGE", "registry.example.test/llama-factory:0"),
+        "training_cluster_storage_class": os.environ.get("LLMOPS_REAL_STORAGE_CLASS", ""),
+        "training_cluster_storage_size": "1Gi",
+        "training_cluster_hf_token": "real-cluster-test-token",
+    }
+    play = tmp_path / "play.yml"
+
+    def run(tasks_from: str, extra: dict) -> subprocess.CompletedProcess:
+        play.write_text(
+            "- hosts: localhost\n  connection: local\n  gather_facts: false\n"
+            '  vars:\n    ansible_python_interpreter: "{{ ansible_playbook_python }}"\n'
+            "  tasks:\n    - ansible.builtin.include_role:\n        name: llmops.platform.training_cluster\n"
+            f"        tasks_from: {tasks_from}\n"
+        )
+        varsfile = tmp_path / "vars.json"
+        varsfile.write_text(json.dumps({**common, **extra}))
+        return subprocess.run(
+            ["ansible-playbook", "-i", "localhost,", str(play), "-e", f"@{varsfile}"],
+            capture_output=True,
+            text=True,
+            env={**ansible_env(), "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"},
+            timeout=900,
+            check=False,
+        )
+
+    try:
+        first = run("main", {})
+        assert first.returncode == 0, first.stdout[-4000:]
+        second = run("main", {})
+        assert second.returncode == 0, second.stdout[-4000:]
+        assert json.loads(second.stdout)["stats"]["localhost"]["changed"] == 0
+    finally:
+        down = run("teardown", {"training_cluster_teardown_storage": True})
+    assert down.returncode == 0, down.stdout[-4000:]
