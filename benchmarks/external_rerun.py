@@ -41,11 +41,19 @@ def playbook(state: Path, limit: str | None, quiet: bool = True) -> tuple[float,
     if limit:
         cmd += ["--limit", limit]
     start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=quiet, text=True, check=False, cwd=ROOT)
+    # Stream the first deploy's output (a person watching sees progress) and keep it for the recap.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if not quiet:
+            print(line, end="", flush=True)
+    proc.wait()
     elapsed = time.monotonic() - start
+    output = "".join(lines)
     if proc.returncode != 0:
-        sys.exit(f"external.yml failed (rc={proc.returncode}):\n{(proc.stdout or '')[-4000:]}")
-    recap = re.findall(r"changed=(\d+)", proc.stdout or "")
+        sys.exit(f"external.yml failed (rc={proc.returncode}):\n{output[-4000:]}")
+    recap = re.findall(r"changed=(\d+)", output)
     return elapsed, sum(int(c) for c in recap), len(recap)
 
 

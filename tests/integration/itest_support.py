@@ -44,7 +44,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 TARGET_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-VLLM_START_TIMEOUT = float(os.environ.get("LLMOPS_VLLM_START_TIMEOUT", "180"))
+VLLM_START_TIMEOUT = float(os.environ.get("LLMOPS_VLLM_START_TIMEOUT", "300"))
 
 
 def free_port() -> int:
