@@ -18,7 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
@@ -130,3 +130,23 @@ class PlaybookRun:
                             if item.get("failed")
                         )
         return messages
+
+
+def written_objects(emulator: Emulator, paths: Sequence[str]) -> List[str]:
+    """Every object the emulator holds under these API collection paths, as 'path/name'."""
+    return [f"{path}/{o['metadata']['name']}" for path in paths for o in emulator.items(path)]
+
+
+def assert_failed_before_apply(
+    run: PlaybookRun, emulator: Emulator, paths: Sequence[str], *, case: str, variable: str, secret: str
+) -> None:
+    """A role's preflight stopped the play: it failed naming `variable`, changed nothing, wrote no
+    object under `paths`, and never printed `secret`."""
+    assert run.rc != 0, f"{case}: the play succeeded\n{run.output[-3000:]}"
+    messages = run.failures()
+    assert messages, f"{case}: no failed task in the report\n{run.output[-3000:]}"
+    assert any(variable in m for m in messages), f"{case}: no failure names {variable}: {messages}"
+    assert run.stats.get("changed", 0) == 0, f"{case}: something changed before the failure: {run.stats}"
+    written = written_objects(emulator, paths)
+    assert written == [], f"{case}: objects were written: {written}"
+    assert secret not in run.output, f"{case}: a secret leaked into the output"

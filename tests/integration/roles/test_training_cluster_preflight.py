@@ -118,7 +118,7 @@ JOB = "/apis/batch/v1/namespaces/llm-training/jobs/llama-factory-train"
 
 
 def objects(emulator: Emulator) -> list:
-    return [f"{path}/{o['metadata']['name']}" for path in WRITTEN for o in emulator.items(path)]
+    return k8s_harness.written_objects(emulator, WRITTEN)
 
 
 def run_role(emulator: Emulator, tmp_path: Path, overrides: dict, tasks_from: str = "main", args=None):
@@ -132,13 +132,7 @@ def run_role(emulator: Emulator, tmp_path: Path, overrides: dict, tasks_from: st
 def test_bad_variable_fails_before_anything_is_applied(k8s_emulator: Emulator, tmp_path: Path, case: str) -> None:
     overrides, variable = CASES[case]
     run = run_role(k8s_emulator, tmp_path, overrides)
-    assert run.rc != 0, f"{case}: the play succeeded\n{run.output[-3000:]}"
-    messages = run.failures()
-    assert messages, f"{case}: no failed task in the report\n{run.output[-3000:]}"
-    assert any(variable in m for m in messages), f"{case}: no failure names {variable}: {messages}"
-    assert run.stats.get("changed", 0) == 0, f"{case}: something changed before the failure: {run.stats}"
-    assert objects(k8s_emulator) == [], f"{case}: objects were written: {objects(k8s_emulator)}"
-    assert HF not in run.output, f"{case}: the HF token leaked into the output"
+    k8s_harness.assert_failed_before_apply(run, k8s_emulator, WRITTEN, case=case, variable=variable, secret=HF)
 
 
 def test_valid_variables_apply_then_change_nothing(k8s_emulator: Emulator, tmp_path: Path) -> None:
