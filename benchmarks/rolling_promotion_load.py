@@ -63,6 +63,11 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, CONNECTION_ERRORS)
 
 
+def refused(exc: BaseException) -> bool:
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, ConnectionRefusedError)
+
+
 class Client(threading.Thread):
     """Round-robin across the hosts; on a connection error, the request moves to the other host."""
 
@@ -71,6 +76,9 @@ class Client(threading.Thread):
         self.addresses = addresses
         self.stop = threading.Event()
         self.sent = self.moved = 0
+        # Why requests moved: refused (the host is not listening: stopped, or still loading) or cut after
+        # the request was sent (the connection closed under it: what a load balancer must retry too).
+        self.moved_why: collections.Counter[str] = collections.Counter()
         self.failed: list[str] = []
         self.answers: list[tuple[float, str]] = []
 
@@ -88,6 +96,7 @@ class Client(threading.Thread):
                 except Exception as exc:
                     if attempt == 0 and is_connection_error(exc):
                         self.moved += 1
+                        self.moved_why["refused" if refused(exc) else "cut mid-request"] += 1
                         continue
                     self.failed.append(f"{address}: {exc!r}")
                     break
@@ -107,7 +116,14 @@ def main() -> int:
         log("booting 2 test hosts")
         create = ["python3", str(CLI), "create", "--prefix", PREFIX, "--state-dir", str(state), "--wheelhouse"]
         subprocess.run(create + [f"--host={h}" for h in HOSTS], check=True, stdout=subprocess.DEVNULL)
-        (state / "groups.yml").write_text("---\nvllm_hosts:\n  hosts:\n" + "".join(f"    {h}:\n" for h in HOSTS))
+        # Two vLLM CPU engines on one small controller: left to "auto" (or given a core each), vLLM pins its
+        # OpenMP threads and its front-end processes to fixed cores, and the busy host's engine starved the
+        # one being promoted (its engine process sat runnable on the busy core for minutes). Unpinned, one
+        # OpenMP thread each, the kernel balances the two hosts over the cores.
+        groups = {"vllm_hosts": {"hosts": {h: {"vllm_host_environment": {
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+            "OMP_NUM_THREADS": "1"}} for h in HOSTS}}}  # fmt: skip
+        (state / "groups.yml").write_text(json.dumps(groups))
         hosts = json.loads((state / "state.json").read_text())["hosts"]
         addresses = [hosts[h]["ip"] for h in HOSTS]
         log("deploying tiny on both hosts (external.yml)")
@@ -132,7 +148,8 @@ def main() -> int:
     versions = collections.Counter("v1" if text == before else "v2" for _t, text in client.answers)
     print()
     print(f"promote.yml exit code {rc}, {promotion_s:.1f} s for 2 hosts (serial 1)")
-    print(f"requests sent {client.sent}, moved to the other host {client.moved}, failed {len(client.failed)}")
+    print(f"requests sent {client.sent}, moved to the other host {client.moved} {dict(client.moved_why)},"
+          f" failed {len(client.failed)}")  # fmt: skip
     print(f"answers by version during the run: {dict(versions)}")
     print(f"after: both hosts answer v2: {all(a != before for a in after) and len(set(after)) == 1}")
     for failure in client.failed[:10]:

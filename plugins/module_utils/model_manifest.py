@@ -325,6 +325,8 @@ def load_cache(cache_file: str, root: str) -> Tuple[Dict[str, Dict[str, Any]], O
 
 def write_atomic(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=".llmops-manifest-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

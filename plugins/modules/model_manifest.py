@@ -57,7 +57,7 @@ options:
         sha256. It is written after every run whose result differs from its content (the task is then C(changed)).
       - A cache written for another directory is never used, so an C(rsync -a) copy, which keeps sizes and
         mtimes, is always hashed in full the first time.
-      - A typical value is C(<path>/.llmops-manifest.json).
+      - A typical value is C(<path>/.llmops-manifest.json). A missing parent directory is created (mode 0700).
     type: path
   workers:
     description:

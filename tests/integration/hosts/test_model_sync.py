@@ -9,8 +9,8 @@ differently):
   (head_dim 16: /health 200, completions HTTP 500) rolls back to the old one, which answers again ->
   a source that does not match the digest the producer recorded is rejected before copying ->
   a corrupted copy in staging (same size and mtime, so rsync's quick check trusts it) is rejected by the
-  manifest check with nothing switched, and the re-run completes -> a copy cut short (a truncated
-  file left in staging, what a killed rsync leaves) keeps the old version serving and a re-run
+  manifest check with nothing switched, and the re-run completes -> a copy killed midway (the
+  receiving rsync SIGKILLed while the weights are in flight) keeps the old version serving and a re-run
   completes -> too little disk fails before copying.
 """
 
@@ -57,6 +57,16 @@ class Fleet:
         )  # fmt: skip
         report = json.loads(proc.stdout) if proc.stdout.lstrip().startswith("{") else {}
         return proc.returncode, proc.stdout + proc.stderr, report
+
+    def start_playbook(self, name: str, **extra: object) -> subprocess.Popen:
+        varsfile = self.state / "extra-started.json"
+        varsfile.write_text(json.dumps(extra))
+        env = {**os.environ, "LLMOPS_DEMO_API_KEY": KEY, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"}
+        return subprocess.Popen(
+            ["ansible-playbook", "-i", str(ROOT / "inventories" / "demo"), "-i", str(self.state / "inventory.yml"),
+             "-i", str(self.state / "groups.yml"), str(ROOT / "playbooks" / name), "-e", f"@{varsfile}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        )  # fmt: skip
 
     def ssh(self, command: str) -> str:
         proc = subprocess.run(
@@ -206,16 +216,30 @@ def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None
     assert fleet.current() == f"versions/{v3_version}"
     assert fleet.answer() == text_v2  # same weights as v2
 
-    # 7. A copy cut short (what a killed rsync leaves: a truncated file in staging): the old version keeps
-    #    serving, and the next run completes the copy and promotes.
+    # 7. A copy killed midway by a real signal: the copy is slowed down (model_sync_bwlimit_kib) and the
+    #    receiving rsync on the host is SIGKILLed while the weights are in flight. The play fails, the old
+    #    version keeps serving, and the next run completes the copy and promotes.
     v4_version = digest(models["tiny-v4"])[:16]
     staging = f"{MODEL_DIR}/.staging-{v4_version}"
-    fleet.ssh(f"mkdir -p {staging} && head -c 100000 /dev/zero > {staging}/model.safetensors")
+    proc = fleet.start_playbook("promote.yml", model_sync_source=str(models["tiny-v4"]), model_sync_bwlimit_kib=48)
+    staged, deadline = 0, time.monotonic() + 120
+    while staged < 200_000 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        staged = int(fleet.ssh(f"du -sb {staging} 2>/dev/null | cut -f1 || echo 0").strip() or 0)
+    weights_size = (models["tiny-v4"] / "model.safetensors").stat().st_size
+    assert proc.poll() is None and 200_000 <= staged < weights_size, f"copy not caught in flight ({staged} bytes)"
+    fleet.ssh("pkill -KILL -x rsync")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out[-4000:] + err[-2000:]
+    report = json.loads(out) if out.lstrip().startswith("{") else {}
+    assert "Copy into staging" in failures(report), failures(report) or out[-4000:]
+    assert int(fleet.ssh(f"du -sb {staging} | cut -f1")) < weights_size + 20_000  # a partial copy was left
     assert fleet.current() == f"versions/{v3_version}" and fleet.answer() == text_v2
     rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v4"]))
     assert rc == 0, failures(report) or out[-4000:]
     assert fleet.current() == f"versions/{v4_version}"
     assert fleet.answer() == text_v1  # same weights as v1
+    assert f".staging-{v4_version}" not in fleet.ssh(f"ls -a {MODEL_DIR}")
 
     # 8. Too little disk: fails before copying anything.
     rc, out, report = fleet.playbook(

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
@@ -13,8 +12,7 @@ ROOT = Path(__file__).resolve().parents[4]
 if str(ROOT / ".collections") not in sys.path:
     sys.path.insert(0, str(ROOT / ".collections"))
 
-from ansible.module_utils import basic  # noqa: E402
-from ansible.module_utils.testing import patch_module_args  # noqa: E402
+from module_harness import run_main  # noqa: E402
 
 from ansible_collections.llmops.platform.plugins.modules import gpu_info  # noqa: E402
 
@@ -23,21 +21,6 @@ UUID = "GPU-43cb350c-607f-01b0-31bb-e036fa896010"
 # The module's query is the captured field list; the capture with header and units is the same data.
 QUERY_ROW = "0, GPU-43cb350c-607f-01b0-31bb-e036fa896010, NVIDIA H100 80GB HBM3, 81559, 0, 81079, 580.159.04, Enabled, Disabled, 9.0, 00000000:00:06.0, 0, 36, 115.67\n"  # noqa: E501
 APPS_ROW = f"{UUID}, 427, python3, 2426\n"
-
-
-class ModuleExit(Exception):
-    def __init__(self, result, failed):
-        super().__init__(result)
-        self.result = result
-        self.failed = failed
-
-
-def _exit_json(self, **kwargs):
-    raise ModuleExit(kwargs, failed=False)
-
-
-def _fail_json(self, msg, **kwargs):
-    raise ModuleExit(dict(kwargs, msg=msg), failed=True)
 
 
 class FakeNvidiaSmi:
@@ -60,15 +43,13 @@ class FakeNvidiaSmi:
 
 def run_module(params, fake=None, binary="/usr/bin/nvidia-smi"):
     fake = fake or FakeNvidiaSmi()
-    with patch_module_args(params), mock.patch.multiple(
-        basic.AnsibleModule,
-        exit_json=_exit_json,
-        fail_json=_fail_json,
+    outcome = run_main(
+        gpu_info.main,
+        params,
         run_command=lambda self, args, **kw: fake(args, **kw),
         get_bin_path=lambda self, name, *a, **k: binary,
-    ), pytest.raises(ModuleExit) as info:
-        gpu_info.main()
-    return info.value, fake
+    )
+    return outcome, fake
 
 
 def test_reports_the_captured_h100():

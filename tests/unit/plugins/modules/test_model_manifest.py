@@ -13,7 +13,6 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
-from unittest import mock
 
 import pytest
 
@@ -21,36 +20,15 @@ ROOT = Path(__file__).resolve().parents[4]
 if str(ROOT / ".collections") not in sys.path:
     sys.path.insert(0, str(ROOT / ".collections"))
 
-from ansible.module_utils import basic  # noqa: E402
-from ansible.module_utils.testing import patch_module_args  # noqa: E402
+from module_harness import ModuleExit, run_main  # noqa: E402
 
 from ansible_collections.llmops.platform.plugins.modules import model_manifest  # noqa: E402
 
 
-class ModuleExit(Exception):
-    def __init__(self, result: Dict[str, Any], failed: bool) -> None:
-        super().__init__(result)
-        self.result = result
-        self.failed = failed
-
-
-def _exit_json(self, **kwargs):
-    raise ModuleExit(kwargs, failed=False)
-
-
-def _fail_json(self, msg, **kwargs):
-    raise ModuleExit(dict(kwargs, msg=msg), failed=True)
-
-
 def run(params: Dict[str, Any], check_mode: bool = False) -> Tuple[ModuleExit, List[str]]:
     warnings: List[str] = []
-    args = dict(params, _ansible_check_mode=check_mode)
-    patches = mock.patch.multiple(
-        basic.AnsibleModule, exit_json=_exit_json, fail_json=_fail_json, warn=lambda self, w: warnings.append(w)
-    )
-    with patch_module_args(args), patches, pytest.raises(ModuleExit) as info:
-        model_manifest.main()
-    return info.value, warnings
+    outcome = run_main(model_manifest.main, dict(params, _ansible_check_mode=check_mode), warnings)
+    return outcome, warnings
 
 
 def ok(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
@@ -246,9 +224,17 @@ def test_message_is_capped_and_points_to_errors(tiny):
     assert outcome.result["msg"].endswith("; and 2 more (see errors)")
 
 
+def test_cache_parent_is_created_private(tiny, tmp_path):
+    cache = tmp_path / "no" / "such" / "dir" / "c.json"
+    result = ok({"path": str(tiny), "cache_file": str(cache)})
+    assert result["cache_written"] is True and json.loads(cache.read_text())
+    assert (cache.parent.stat().st_mode & 0o777) == 0o700
+
+
 def test_cache_write_failure_is_reported(tiny, tmp_path):
-    outcome, _w = run({"path": str(tiny), "cache_file": str(tmp_path / "no" / "such" / "dir" / "c.json")})
-    assert outcome.failed and outcome.result["msg"].startswith(f"cannot write cache_file {tmp_path}/no/such/dir/c.json")
+    (tmp_path / "a-file").write_text("not a directory")
+    outcome, _w = run({"path": str(tiny), "cache_file": str(tmp_path / "a-file" / "c.json")})
+    assert outcome.failed and outcome.result["msg"].startswith(f"cannot write cache_file {tmp_path}/a-file/c.json")
 
 
 def test_own_files_only_inside_the_model(tmp_path):
