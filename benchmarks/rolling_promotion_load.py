@@ -25,6 +25,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "tests" / "hosts" / "nspawn_hosts.py"
 PREFIX = "load"
@@ -71,9 +73,11 @@ def refused(exc: BaseException) -> bool:
 class Client(threading.Thread):
     """Round-robin across the hosts; on a connection error, the request moves to the other host."""
 
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(self, addresses: list[str], pool_dir: Path) -> None:
         super().__init__(daemon=True)
         self.addresses = addresses
+        # The balancer's pool: a host is out while the drain hook's file <host>.drained exists.
+        self.pool_dir = pool_dir
         self.stop = threading.Event()
         self.sent = self.moved = 0
         # Why requests moved: refused (the host is not listening: stopped, or still loading) or cut after
@@ -87,7 +91,10 @@ class Client(threading.Thread):
         deadline = time.monotonic() + 1800  # bounded, whatever happens
         while not self.stop.is_set() and time.monotonic() < deadline:
             self.sent += 1
-            order = [self.addresses[turn % 2], self.addresses[(turn + 1) % 2]]
+            live = [a for h, a in zip(HOSTS, self.addresses) if not (self.pool_dir / f"{h}.drained").exists()]
+            live = live or self.addresses
+            first = live[turn % len(live)]
+            order = [first] + [a for a in self.addresses if a != first]
             turn += 1
             for attempt, address in enumerate(order):
                 try:
@@ -106,6 +113,14 @@ class Client(threading.Thread):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave the hosts up")
+    parser.add_argument(
+        "--shutdown-timeout", type=int, default=None, help="override the servers' drain time (vLLM --shutdown-timeout)"
+    )
+    parser.add_argument(
+        "--drain-hooks",
+        action="store_true",
+        help="take each host out of the client's pool around its restart (vllm_host_drain_tasks / undrain)",
+    )
     args = parser.parse_args()
     state = Path(os.environ["LLMOPS_CACHE"]) / "bench-load"
     fixtures = Path(os.environ["LLMOPS_FIXTURES"]) / "models"
@@ -123,6 +138,11 @@ def main() -> int:
         groups = {"vllm_hosts": {"hosts": {h: {"vllm_host_environment": {
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
             "OMP_NUM_THREADS": "1"}} for h in HOSTS}}}  # fmt: skip
+        if args.shutdown_timeout is not None:
+            demo = yaml.safe_load((ROOT / "inventories" / "demo" / "group_vars" / "vllm_hosts.yml").read_text())
+            defaults = {**demo["vllm_host_server_defaults"], "shutdown_timeout": args.shutdown_timeout}
+            for host_vars in groups["vllm_hosts"]["hosts"].values():
+                host_vars["vllm_host_server_defaults"] = defaults
         (state / "groups.yml").write_text(json.dumps(groups))
         hosts = json.loads((state / "state.json").read_text())["hosts"]
         addresses = [hosts[h]["ip"] for h in HOSTS]
@@ -130,12 +150,19 @@ def main() -> int:
         if playbook(state, "external.yml", model_sync_source=str(fixtures / "tiny")) != 0:
             sys.exit("external.yml failed")
         before = complete(addresses[0])
-        client = Client(addresses)
+        pool_dir = state / "lb-pool"
+        pool_dir.mkdir(exist_ok=True)
+        hooks = {}
+        if args.drain_hooks:
+            hooks = {"vllm_host_drain_tasks": str(ROOT / "benchmarks" / "lb_hooks" / "drain.yml"),
+                     "vllm_host_undrain_tasks": str(ROOT / "benchmarks" / "lb_hooks" / "undrain.yml"),
+                     "lb_pool_dir": str(pool_dir)}  # fmt: skip
+        client = Client(addresses, pool_dir)
         client.start()
         time.sleep(3)
         log("promoting tiny-v2 one host at a time under load (promote.yml)")
         started = time.monotonic()
-        rc = playbook(state, "promote.yml", model_sync_source=str(fixtures / "tiny-v2"))
+        rc = playbook(state, "promote.yml", model_sync_source=str(fixtures / "tiny-v2"), **hooks)
         promotion_s = time.monotonic() - started
         time.sleep(3)
         client.stop.set()
@@ -147,6 +174,7 @@ def main() -> int:
                            check=False, stdout=subprocess.DEVNULL)  # fmt: skip
     versions = collections.Counter("v1" if text == before else "v2" for _t, text in client.answers)
     print()
+    print(f"drain hooks: {'on' if args.drain_hooks else 'off'}; vLLM --shutdown-timeout: {args.shutdown_timeout}")
     print(f"promote.yml exit code {rc}, {promotion_s:.1f} s for 2 hosts (serial 1)")
     print(f"requests sent {client.sent}, moved to the other host {client.moved} {dict(client.moved_why)},"
           f" failed {len(client.failed)}")  # fmt: skip

@@ -184,6 +184,13 @@ FIELDS = (
         description="Unset lets vLLM decide; true/false render --enable-/--no-enable-prefix-caching.",
     ),
     Field(
+        "shutdown_timeout",
+        "int",
+        "--shutdown-timeout",
+        minimum=0,
+        description="Seconds a stopping server lets requests in flight finish (drain); 0 aborts them (vLLM's default).",
+    ),
+    Field(
         "device",
         "choice",
         None,

@@ -20,112 +20,35 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from fleet_support import MODEL_DIR, Fleet, booted_fleet, changed, digest, failures
 
-ROOT = Path(__file__).resolve().parents[3]
-CLI = ROOT / "tests" / "hosts" / "nspawn_hosts.py"
 FIXTURES = Path(os.environ["LLMOPS_FIXTURES"])
-sys.path.insert(0, str(ROOT / ".collections"))
-from ansible_collections.llmops.platform.plugins.module_utils import model_manifest  # noqa: E402
 
 pytestmark = pytest.mark.hosts
 
-PREFIX = "msync"
 HOST = "msync-1"
 KEY = "model-sync-test-key-0123456789"
-MODEL_DIR = "/srv/vllm/models/merged-model"
+HOOKS = Path(__file__).resolve().parent / "hooks"
 
 
-class Fleet:
-    def __init__(self, state: Path, address: str) -> None:
-        self.state = state
-        self.address = address
-
-    def playbook(self, name: str, **extra: object) -> tuple[int, str, dict]:
-        varsfile = self.state / "extra.json"
-        varsfile.write_text(json.dumps(extra))
-        env = {**os.environ, "LLMOPS_DEMO_API_KEY": KEY, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"}
-        proc = subprocess.run(
-            ["ansible-playbook", "-i", str(ROOT / "inventories" / "demo"), "-i", str(self.state / "inventory.yml"),
-             "-i", str(self.state / "groups.yml"), str(ROOT / "playbooks" / name), "-e", f"@{varsfile}"],
-            capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200, check=False,
-        )  # fmt: skip
-        report = json.loads(proc.stdout) if proc.stdout.lstrip().startswith("{") else {}
-        return proc.returncode, proc.stdout + proc.stderr, report
-
-    def start_playbook(self, name: str, **extra: object) -> subprocess.Popen:
-        varsfile = self.state / "extra-started.json"
-        varsfile.write_text(json.dumps(extra))
-        env = {**os.environ, "LLMOPS_DEMO_API_KEY": KEY, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"}
-        return subprocess.Popen(
-            ["ansible-playbook", "-i", str(ROOT / "inventories" / "demo"), "-i", str(self.state / "inventory.yml"),
-             "-i", str(self.state / "groups.yml"), str(ROOT / "playbooks" / name), "-e", f"@{varsfile}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-        )  # fmt: skip
-
-    def ssh(self, command: str) -> str:
-        proc = subprocess.run(
-            ["ssh", "-i", str(self.state / "id_ed25519"), "-o", "StrictHostKeyChecking=no",
-             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{self.address}", command],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert proc.returncode == 0, f"{command}: {proc.stderr}"
-        return proc.stdout
-
-    def answer(self) -> str:
-        request = urllib.request.Request(
-            f"http://{self.address}:8000/v1/completions",
-            data=json.dumps({"model": "tiny", "prompt": "hello world", "max_tokens": 8, "temperature": 0}).encode(),
-            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.load(response)["choices"][0]["text"]
-
-    def current(self) -> str:
-        return self.ssh(f"readlink {MODEL_DIR}/current").strip()
-
-
-def changed(report: dict) -> int:
-    return sum(s.get("changed", 0) for s in report.get("stats", {}).values())
-
-
-def failures(report: dict) -> str:
-    out = []
-    for play in report.get("plays", []):
-        for task in play.get("tasks", []):
-            for result in task.get("hosts", {}).values():
-                if result.get("failed"):
-                    out.append(f"{task['task']['name']}: {result.get('msg', '')}")
-    return "\n".join(out)
-
-
-def digest(path: Path) -> str:
-    return model_manifest.inspect_model_dir(str(path))["content_digest"]
+def answer(fleet: Fleet) -> str:
+    request = urllib.request.Request(
+        f"http://{fleet.address}:8000/v1/completions",
+        data=json.dumps({"model": "tiny", "prompt": "hello world", "max_tokens": 8, "temperature": 0}).encode(),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)["choices"][0]["text"]
 
 
 @pytest.fixture(scope="module")
 def fleet():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to boot systemd-nspawn test hosts")
-    # A fixed state dir: a run that was interrupted before its teardown is cleaned up here.
-    state = Path(os.environ["LLMOPS_CACHE"]) / "test-hosts" / PREFIX
-    subprocess.run([sys.executable, str(CLI), "destroy", "--prefix", PREFIX, "--state-dir", str(state)],
-                   check=False, capture_output=True, timeout=300)  # fmt: skip
-    subprocess.run(
-        [sys.executable, str(CLI), "create", "--prefix", PREFIX, "--state-dir", str(state), "--host", HOST,
-         "--wheelhouse"],
-        check=True, capture_output=True, timeout=900,
-    )  # fmt: skip
-    (state / "groups.yml").write_text(f"---\nvllm_hosts:\n  hosts:\n    {HOST}:\n")
-    address = json.loads((state / "state.json").read_text())["hosts"][HOST]["ip"]
-    yield Fleet(state, address)
-    subprocess.run([sys.executable, str(CLI), "destroy", "--prefix", PREFIX, "--state-dir", str(state)],
-                   check=False, capture_output=True, timeout=300)  # fmt: skip
+    yield from booted_fleet("msync", {"vllm_hosts": [HOST]}, wheelhouse=True, env={"LLMOPS_DEMO_API_KEY": KEY})
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +82,7 @@ def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None
     assert rc == 0, failures(report) or out[-4000:]
     v1 = fleet.current()
     assert v1 == f"versions/{digest(models['tiny'])[:16]}"
-    text_v1 = fleet.answer()
+    text_v1 = answer(fleet)
     assert text_v1.strip()
 
     # 2. Re-run: nothing changes.
@@ -168,20 +91,29 @@ def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None
     print(f"unchanged re-run of external.yml: {time.monotonic() - started:.1f} s")
     assert rc == 0 and changed(report) == 0, failures(report) or json.dumps(report.get("stats"))
 
-    # 3. A new version is promoted: new link, new (deterministic) answer.
-    rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v2"]))
+    # 3. A new version is promoted: new link, new (deterministic) answer. The drain hooks (here: a log of
+    #    their calls) take the host out of the load balancer before the restart and back after the gate.
+    lb_log = fleet.state / "lb.log"
+    lb_log.unlink(missing_ok=True)
+    hooks = {"vllm_host_drain_tasks": str(HOOKS / "drain.yml"), "vllm_host_undrain_tasks": str(HOOKS / "undrain.yml"),
+             "lb_log": str(lb_log)}  # fmt: skip
+    rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v2"]), **hooks)
     assert rc == 0, failures(report) or out[-4000:]
+    assert lb_log.read_text().splitlines() == ["drain main", "undrain main"]
     v2 = fleet.current()
     assert v2 == f"versions/{digest(models['tiny-v2'])[:16]}" != v1
-    text_v2 = fleet.answer()
+    text_v2 = answer(fleet)
     assert text_v2.strip() and text_v2 != text_v1
 
-    # 4. A broken version fails its gate: rolled back automatically, the old version answers again.
-    rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-broken"]))
+    # 4. A broken version fails its gate: rolled back automatically, the old version answers again. The
+    #    host goes back into the balancer only once the old version passed the gate.
+    lb_log.unlink()
+    rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-broken"]), **hooks)
     assert rc != 0
     assert "ROLLED BACK" in failures(report), failures(report) or out[-4000:]
+    assert lb_log.read_text().splitlines() == ["drain main", "drain main", "undrain main"]
     assert fleet.current() == v2
-    assert fleet.answer() == text_v2
+    assert answer(fleet) == text_v2
 
     # 5. A source that does not match the digest the producer recorded is rejected before copying.
     rc, out, report = fleet.playbook(
@@ -190,7 +122,7 @@ def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None
     assert rc != 0 and "digest" in failures(report).lower(), failures(report) or out[-4000:]
     flipped_version = digest(models["tiny-flipped"])[:16]
     assert flipped_version not in fleet.ssh(f"ls -a {MODEL_DIR} {MODEL_DIR}/versions")
-    assert fleet.current() == v2 and fleet.answer() == text_v2
+    assert fleet.current() == v2 and answer(fleet) == text_v2
 
     # 6. A corrupted copy in staging that rsync's size+mtime check trusts: the manifest check rejects it,
     #    nothing switches, the staging copy is removed, and the re-run completes.
@@ -209,12 +141,12 @@ def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None
     assert weights.stat().st_size == (models["tiny-v3"] / "model.safetensors").stat().st_size
     rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v3"]))
     assert rc != 0 and "model.safetensors" in failures(report), failures(report) or out[-4000:]
-    assert fleet.current() == v2 and fleet.answer() == text_v2
+    assert fleet.current() == v2 and answer(fleet) == text_v2
     assert f".staging-{v3_version}" not in fleet.ssh(f"ls -a {MODEL_DIR}")
     rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v3"]))
     assert rc == 0, failures(report) or out[-4000:]
     assert fleet.current() == f"versions/{v3_version}"
-    assert fleet.answer() == text_v2  # same weights as v2
+    assert answer(fleet) == text_v2  # same weights as v2
 
     # 7. A copy killed midway by a real signal: the copy is slowed down (model_sync_bwlimit_kib) and the
     #    receiving rsync on the host is SIGKILLed while the weights are in flight. The play fails, the old
@@ -234,11 +166,11 @@ def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None
     report = json.loads(out) if out.lstrip().startswith("{") else {}
     assert "Copy into staging" in failures(report), failures(report) or out[-4000:]
     assert int(fleet.ssh(f"du -sb {staging} | cut -f1")) < weights_size + 20_000  # a partial copy was left
-    assert fleet.current() == f"versions/{v3_version}" and fleet.answer() == text_v2
+    assert fleet.current() == f"versions/{v3_version}" and answer(fleet) == text_v2
     rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v4"]))
     assert rc == 0, failures(report) or out[-4000:]
     assert fleet.current() == f"versions/{v4_version}"
-    assert fleet.answer() == text_v1  # same weights as v1
+    assert answer(fleet) == text_v1  # same weights as v1
     assert f".staging-{v4_version}" not in fleet.ssh(f"ls -a {MODEL_DIR}")
 
     # 8. Too little disk: fails before copying anything.

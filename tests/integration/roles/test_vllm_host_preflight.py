@@ -27,6 +27,15 @@ VALID = {
 
 CASES = {
     "profile not a choice": ({"vllm_host_profile": "gpu"}, "vllm_host_profile"),
+    "drain time beyond the stop timeout": (
+        {"vllm_host_instances": [{"name": "main", "shutdown_timeout": 200}]},
+        "vllm_host_stop_timeout",
+    ),
+    "negative drain time": (
+        {"vllm_host_instances": [{"name": "main", "shutdown_timeout": -1}]},
+        "vllm_host_instances[0].shutdown_timeout",
+    ),
+    "drain hook that does not exist": ({"vllm_host_drain_tasks": "/nonexistent/drain.yml"}, "vllm_host_drain_tasks"),
     "instances not a list": ({"vllm_host_instances": 5}, "vllm_host_instances"),
     "instance without name": ({"vllm_host_instances": [{"port": 8000}]}, "vllm_host_instances"),
     "instance name with spaces": ({"vllm_host_instances": [{"name": "Main Server"}]}, "vllm_host_instances"),
