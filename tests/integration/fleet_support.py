@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import pytest
+from itest_support import report_failures
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "tests" / "hosts" / "nspawn_hosts.py"
@@ -95,13 +96,7 @@ def changed(report: dict) -> int:
 
 
 def failures(report: dict) -> str:
-    out = []
-    for play in report.get("plays", []):
-        for task in play.get("tasks", []):
-            for result in task.get("hosts", {}).values():
-                if result.get("failed"):
-                    out.append(f"{task['task']['name']}: {result.get('msg', '')}")
-    return "\n".join(out)
+    return "\n".join(report_failures(report))
 
 
 def digest(path: Path) -> str:

@@ -255,6 +255,22 @@ class PlaybookResult:
         return results[-1]
 
 
+def report_failures(report: Dict[str, Any]) -> List[str]:
+    """'[task] msg' for every failed host result of an ansible.posix.json report, and for every failed
+    loop item in it; the task name without its '<role> : ' prefix."""
+    messages = []
+    for play in report.get("plays", []):
+        for task in play.get("tasks", []):
+            for result in task.get("hosts", {}).values():
+                if result.get("failed"):
+                    name = task["task"]["name"].split(" : ", 1)[-1]
+                    messages.append(f"[{name}] {result.get('msg', '')}")
+                    messages.extend(
+                        f"[{name}] {item.get('msg', '')}" for item in result.get("results", []) if item.get("failed")
+                    )
+    return messages
+
+
 def ansible_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     env = dict(os.environ)
     env.update(

@@ -63,6 +63,18 @@ def rendered(request, tmp_path_factory) -> tuple:
     return request.param, docs
 
 
+def server_config(name: str) -> dict:
+    """The vLLM server configuration the role builds for CONFIGS[name]: its defaults plus vllm_k8s_server."""
+    return {
+        "model": "/storage/models/merged-model",
+        "served_model_name": "merged-model",
+        "host": "0.0.0.0",
+        "port": 8000,
+        "device": "cuda",
+        **CONFIGS[name].get("vllm_k8s_server", {}),
+    }
+
+
 def manifests(docs: dict) -> dict:
     return {doc["kind"]: doc for name, doc in docs.items() if name != "helm-values.yaml"}
 
@@ -102,15 +114,7 @@ def test_container_args_are_the_shared_renderers(rendered) -> None:
     """The single source of truth: the container gets vllm_server_args of the same configuration that
     vllm_host renders into its systemd unit."""
     name, docs = rendered
-    overrides = CONFIGS[name]
-    config = {
-        "model": "/storage/models/merged-model",
-        "served_model_name": "merged-model",
-        "host": "0.0.0.0",
-        "port": 8000,
-        "device": "cuda",
-        **overrides.get("vllm_k8s_server", {}),
-    }
+    config = server_config(name)
     expected = vs.render_server_args(config)
     container = manifests(docs)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == expected
@@ -146,14 +150,7 @@ def test_helm_values_come_from_the_same_configuration(rendered) -> None:
     name, docs = rendered
     values = docs["helm-values.yaml"]
     spec = values["servingEngineSpec"]["modelSpec"][0]
-    config = {
-        "model": "/storage/models/merged-model",
-        "served_model_name": "merged-model",
-        "host": "0.0.0.0",
-        "port": 8000,
-        "device": "cuda",
-        **CONFIGS[name].get("vllm_k8s_server", {}),
-    }
+    config = server_config(name)
     # What the chart's template turns the values into, read back, is the same configuration, except for
     # prefix caching, which the chart always states (docs/vllm-server-config.md).
     effective = vs.parse_server_args(vs.effective_args_from_helm_model_spec(spec))

@@ -24,10 +24,13 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+# Next to this harness, and the integration helpers (one reader of ansible-playbook's JSON report).
+for folder in (HERE, HERE.parent / "integration"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 import emulator as emu  # noqa: E402
+from itest_support import report_failures  # noqa: E402
 
 
 @dataclass
@@ -117,19 +120,7 @@ class PlaybookRun:
         return found
 
     def failures(self) -> List[str]:
-        messages = []
-        for play in self.report.get("plays", []):
-            for task in play.get("tasks", []):
-                for result in task.get("hosts", {}).values():
-                    if result.get("failed"):
-                        name = task["task"]["name"].split(" : ", 1)[-1]
-                        messages.append(f"[{name}] {result.get('msg', '')}")
-                        messages.extend(
-                            f"[{name}] {item.get('msg', '')}"
-                            for item in result.get("results", [])
-                            if item.get("failed")
-                        )
-        return messages
+        return report_failures(self.report)
 
 
 def written_objects(emulator: Emulator, paths: Sequence[str]) -> List[str]:

@@ -31,6 +31,7 @@ if str(K8S) not in sys.path:
 
 import emulator as emu  # noqa: E402
 import k8s_harness  # noqa: E402
+from itest_support import report_failures  # noqa: E402
 from k8s_harness import Emulator, run_playbook  # noqa: E402
 
 # Registers the fixture in this module (pytest finds fixtures by module attribute).
@@ -261,16 +262,6 @@ def finish(proc: subprocess.Popen) -> tuple:
     return proc.returncode, report, output
 
 
-def failure_messages(report: dict) -> list:
-    return [
-        result.get("msg", "")
-        for play in report.get("plays", [])
-        for task in play["tasks"]
-        for result in task["hosts"].values()
-        if result.get("failed")
-    ]
-
-
 def test_job_complete_passes_and_a_rerun_replaces_the_job(log_emulator: Emulator, tmp_path: Path) -> None:
     proc = start_train(log_emulator, tmp_path)
     job = wait_for_job(log_emulator, proc)
@@ -313,7 +304,7 @@ def test_job_failed_fails_at_once_with_the_pod_log(log_emulator: Emulator, tmp_p
     rc, report, output = finish(proc)
     assert rc != 0, output[-3000:]
     assert time.monotonic() - started < 60, "the play did not fail at once"
-    messages = "\n".join(failure_messages(report))
+    messages = "\n".join(report_failures(report))
     assert "llama-factory-train FAILED (BackoffLimitExceeded" in messages, messages
     assert "pod llama-factory-train-new02" in messages, messages
     assert "torch.OutOfMemoryError: CUDA out of memory" in messages and "exiting" in messages, messages

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from itest_support import report_failures
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -172,27 +173,12 @@ def run_role(tmp_path: Path, overrides: dict) -> tuple[int, dict, str]:
     return proc.returncode, report, proc.stdout + proc.stderr
 
 
-def failure_messages(report: dict) -> list[str]:
-    messages = []
-    for play in report.get("plays", []):
-        for task in play.get("tasks", []):
-            for result in task.get("hosts", {}).values():
-                if result.get("failed"):
-                    # "llmops.platform.vllm_host : Require ..." -> "Require ..."
-                    name = task["task"]["name"].split(" : ", 1)[-1]
-                    messages.append(f"[{name}] {result.get('msg', '')}")
-                    messages.extend(
-                        f"[{name}] {item.get('msg', '')}" for item in result.get("results", []) if item.get("failed")
-                    )
-    return messages
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_variable_fails_in_preflight_naming_it(tmp_path: Path, case: str) -> None:
     overrides, variable = CASES[case]
     rc, report, output = run_role(tmp_path, overrides)
     assert rc != 0, f"{case}: the play succeeded\n{output[-3000:]}"
-    messages = failure_messages(report)
+    messages = report_failures(report)
     assert messages, f"{case}: no failed task in the report\n{output[-3000:]}"
     assert any(variable in m for m in messages), f"{case}: no failure names {variable}: {messages}"
     stats = report["stats"]["localhost"]
@@ -204,7 +190,7 @@ def test_bad_variable_fails_in_preflight_naming_it(tmp_path: Path, case: str) ->
 def test_one_gpu_host_passes_the_gpu_checks(tmp_path: Path) -> None:
     """Control for the GPU cases: the same replayed host with tensor_parallel_size 1 passes them."""
     rc, report, output = run_role(tmp_path, {"vllm_host_profile": "cuda"})
-    messages = failure_messages(report)
+    messages = report_failures(report)
     assert not any("GPU" in m for m in messages), messages
     gpu_task = [
         t for p in report["plays"] for t in p["tasks"] if t["task"]["name"].endswith("Inventory the NVIDIA GPUs")
@@ -216,6 +202,6 @@ def test_one_gpu_host_passes_the_gpu_checks(tmp_path: Path) -> None:
 def test_valid_variables_pass_the_variable_checks(tmp_path: Path) -> None:
     """The baseline is valid: it passes every variable check (it may stop at a host check here)."""
     rc, report, output = run_role(tmp_path, {})
-    messages = failure_messages(report)
+    messages = report_failures(report)
     assert report.get("stats"), output[-3000:]
     assert rc == 0 or all(m.startswith(HOST_CHECKS) for m in messages), f"{messages}\n{output[-2000:]}"
