@@ -211,8 +211,38 @@ FIELDS = (
 
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 
-# Flags whose values are secrets: they must never be in argv (ps, unit files, pod specs).
-FORBIDDEN_FLAGS = {"--api-key": "set the VLLM_API_KEY environment variable instead (secrets never go in argv)"}
+# Flags whose values are secrets: they must never be in argv, which anyone on the host can read
+# (ps, /proc/PID/cmdline) and which is copied into unit files, pod specs, Helm values and logs.
+# Flag -> what to do instead. extra_args refuse every spelling vLLM's parser accepts for them
+# (``forbidden_flag_for``). tests/integration/test_vllm_server_args.py derives the list from
+# vLLM's own parser: every option whose name looks secret (contains key, token, secret, passw,
+# credential, auth, ...: SECRET_NAME there) and that stores a text value must be here or in
+# REVIEWED_NOT_SECRET_FLAGS.
+FORBIDDEN_FLAGS = {
+    "--api-key": (
+        "set the VLLM_API_KEY environment variable instead (vllm_host_api_key writes it to the "
+        "instance's 0600 environment file; vllm_k8s_api_key / a Kubernetes Secret gives it to the container)"
+    ),
+    "--hf-token": (
+        "set the HF_TOKEN environment variable instead (hosts: an instance's environment, written to "
+        "its 0600 environment file; Kubernetes: from a Secret); Hugging Face downloads read it, and "
+        "the cached login token, without any flag"
+    ),
+}
+
+# vLLM options whose names look secret but whose values are not (reviewed for vLLM 0.32.0).
+REVIEWED_NOT_SECRET_FLAGS = {
+    "--ssl-keyfile": "a path to the TLS private key file, not the key; keep the file itself 0600",
+    "--tokenizer": "a tokenizer name or path",
+    "--tokenizer-mode": "a tokenizer implementation name (auto, slow, mistral, ...)",
+    "--tokenizer-revision": "a tokenizer repository revision",
+}
+
+# Shortest option name refused as an abbreviation of a forbidden flag: "--" and 2 characters.
+_MIN_ABBREVIATION = 4
+# A URL whose authority has user info (``scheme://user:password@``, ``scheme://token@``); also
+# inside JSON values, where "/" may be written "\/". The user info stops at the authority's end.
+_URL_USERINFO_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?://|\\/\\/)[^/\\?#@\s\"']+@")
 
 
 def _path(prefix: Optional[str], name: str) -> str:
@@ -388,11 +418,54 @@ def _owned_flags() -> Dict[str, str]:
 OWNED_FLAGS = _owned_flags()
 
 
+def _option_name(token: str) -> Optional[str]:
+    """The long option a word names as vLLM's FlexibleArgumentParser reads it, or None.
+
+    It splits ``--name=value``, turns ``_`` into ``-`` and reads ``--name.key value`` (a JSON
+    field) as ``--name``; argparse then accepts any unambiguous prefix of an option's name.
+    """
+    if not token.startswith("--"):
+        return None  # "-x" words only reach vLLM's short options, none of which takes a secret
+    return "--" + token[2:].split("=", 1)[0].split(".", 1)[0].replace("_", "-")
+
+
+def forbidden_flag_for(token: str) -> Optional[str]:
+    """The FORBIDDEN_FLAGS flag that the argv word ``token`` spells, or None.
+
+    Every spelling vLLM's parser may read as that flag counts: ``--api_key``, ``--api-key=X``,
+    ``--api-key.field X`` and every abbreviation of two or more characters (``--api-k``, ``--hf``);
+    ambiguous abbreviations, which argparse rejects anyway, are refused too.
+    """
+    name = _option_name(token)
+    if name is None or len(name) < _MIN_ABBREVIATION:
+        return None
+    for flag in sorted(FORBIDDEN_FLAGS):
+        if flag.startswith(name):
+            return flag
+    return None
+
+
+def has_url_credentials(token: str) -> bool:
+    """Whether ``token`` holds a URL with user info (``https://user:password@host``, ``https://token@host``)."""
+    return _URL_USERINFO_RE.search(token) is not None
+
+
 def _check_extra_args(args: List[str], where: str) -> None:
+    # The messages never repeat the word: it may hold the secret.
     for i, token in enumerate(args):
+        flag = forbidden_flag_for(token)
+        if flag is not None:
+            spelled = "" if _option_name(token) == flag else f" ({_option_name(token)} abbreviates it)"
+            raise VllmConfigError(
+                f"{where}[{i}]", f"{flag} is not allowed{spelled}: secrets never go in argv; {FORBIDDEN_FLAGS[flag]}"
+            )
+        if has_url_credentials(token):
+            raise VllmConfigError(
+                f"{where}[{i}]",
+                "contains a URL with credentials (user info before '@'): secrets never go in argv; "
+                "pass them in the environment (0600 environment file, Kubernetes Secret) or a file",
+            )
         key = _flag_key(token)
-        if key in FORBIDDEN_FLAGS:
-            raise VllmConfigError(f"{where}[{i}]", f"{key} is not allowed: {FORBIDDEN_FLAGS[key]}")
         if key in OWNED_FLAGS:
             name = OWNED_FLAGS[key]
             raise VllmConfigError(f"{where}[{i}]", f"{token} is rendered from the field {name}; set {name} instead")

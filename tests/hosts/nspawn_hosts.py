@@ -49,7 +49,7 @@ sys.path.insert(0, str(HERE))
 import wheelhouse  # noqa: E402  (sibling module; this file runs as a script)
 
 # Bump when the way the base is configured changes: the cached base is keyed by it.
-SCRIPT_VERSION = "3"
+SCRIPT_VERSION = "4"
 SUITE = "bookworm"
 # What a host needs beyond minbase: systemd as PID 1, sshd for Ansible, python3 (+venv for the
 # vLLM virtualenv), and the one system library the vLLM CPU wheels load that no wheel ships:
@@ -75,6 +75,9 @@ PACKAGES = (
     "acl",
     "rsync",
     "curl",
+    # The TLS and API-key front of every vLLM instance (roles/vllm_host, proxy.yml): hosts have no
+    # internet, so the distribution package the role installs is baked in, as in a golden image.
+    "haproxy",
     "less",
 )
 # Timers/services that make no sense on a host without internet or real disks.

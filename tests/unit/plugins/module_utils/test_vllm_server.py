@@ -250,6 +250,131 @@ class TestValidation:
         assert cfg["extra_args"] == ["--swap-space", "4", "--seed=1"]
 
 
+# Secret flags: every spelling vLLM's parser reads as them (tests/integration checks these against it).
+SECRET_SPELLINGS = [
+    ("--api-key", "--api-key", "VLLM_API_KEY"),
+    ("--api_key", "--api-key", "VLLM_API_KEY"),
+    ("--api-key=s3cr3t", "--api-key", "VLLM_API_KEY"),
+    ("--api_key=s3cr3t", "--api-key", "VLLM_API_KEY"),
+    ("--api-ke", "--api-key", "VLLM_API_KEY"),
+    ("--api-k", "--api-key", "VLLM_API_KEY"),
+    ("--api-ke=s3cr3t", "--api-key", "VLLM_API_KEY"),
+    ("--api_k=s3cr3t", "--api-key", "VLLM_API_KEY"),
+    ("--api-key.field", "--api-key", "VLLM_API_KEY"),  # vLLM's JSON dot syntax: --api-key '{"field": ...}'
+    ("--api_k.field=s3cr3t", "--api-key", "VLLM_API_KEY"),
+    ("--api-", "--api-key", "VLLM_API_KEY"),  # ambiguous for argparse (--api-server-count): refused anyway
+    ("--ap", "--api-key", "VLLM_API_KEY"),
+    ("--hf-token", "--hf-token", "HF_TOKEN"),
+    ("--hf_token", "--hf-token", "HF_TOKEN"),
+    ("--hf-token=hf_s3cr3t", "--hf-token", "HF_TOKEN"),
+    ("--hf_token=hf_s3cr3t", "--hf-token", "HF_TOKEN"),
+    ("--hf-tok", "--hf-token", "HF_TOKEN"),
+    ("--hf-t", "--hf-token", "HF_TOKEN"),
+    ("--hf_tok=hf_s3cr3t", "--hf-token", "HF_TOKEN"),
+    ("--hf-token.x+=hf_s3cr3t", "--hf-token", "HF_TOKEN"),
+    ("--hf", "--hf-token", "HF_TOKEN"),
+]
+
+
+class TestSecretFlags:
+    def test_forbidden_flags(self):
+        assert sorted(vs.FORBIDDEN_FLAGS) == ["--api-key", "--hf-token"]
+        assert not set(vs.FORBIDDEN_FLAGS) & set(vs.REVIEWED_NOT_SECRET_FLAGS)
+        assert not set(vs.FORBIDDEN_FLAGS) & set(vs.OWNED_FLAGS)
+
+    @pytest.mark.parametrize(("word", "flag", "hint"), SECRET_SPELLINGS)
+    def test_every_spelling_is_refused(self, word, flag, hint):
+        assert vs.forbidden_flag_for(word) == flag
+        error = error_of({"model": "/m", "extra_args": ["--seed", "1", word, "s3cr3t"]}, "vllm_host_instances[0]")
+        assert error.field == "vllm_host_instances[0].extra_args[2]"
+        assert str(error).startswith(f"vllm_host_instances[0].extra_args[2]: {flag} is not allowed")
+        assert "secrets never go in argv" in str(error)
+        assert hint in str(error)
+        assert "s3cr3t" not in str(error)
+
+    def test_abbreviation_is_named(self):
+        assert "(--api-k abbreviates it)" in str(error_of({"model": "/m", "extra_args": ["--api_k=x"]}))
+        assert "abbreviates" not in str(error_of({"model": "/m", "extra_args": ["--api_key=x"]}))
+
+    @pytest.mark.parametrize(
+        "word",
+        [
+            # real vLLM flags next to the secret ones, and words that merely contain them
+            "--api-server-count",
+            "--api-server-count=2",
+            "--hf-overrides",
+            "--hf-config-path=/cfg",
+            "--tokenizer",
+            "--tokenizer=/models/tok",
+            "--tokenizer-mode",
+            "--tokenizer-revision=main",
+            "--ssl-keyfile=/etc/vllm/tls.key",
+            "--ssl-certfile",
+            "--allow-credentials",
+            "--max-num-batched-tokens=2048",
+            "--return-tokens-as-token-ids",
+            # longer than the secret flag, or too short to abbreviate only it
+            "--api-keys",
+            "--hf-tokens",
+            "--api-key-file",
+            "--a",
+            "--h",
+            "--",
+            # not options: values, single-dash words (vLLM has no short form of a secret flag)
+            "api-key",
+            "-api-key",
+            "-h",
+            "hf_token",
+        ],
+    )
+    def test_other_words_are_not_secret_flags(self, word):
+        assert vs.forbidden_flag_for(word) is None
+
+    @pytest.mark.parametrize(
+        "words",
+        [
+            ["--api-server-count", "2", "--hf-overrides", '{"rope_theta": 1000000}'],
+            ["--tokenizer", "/models/tok", "--tokenizer-mode", "auto", "--tokenizer-revision", "main"],
+            ["--ssl-keyfile", "/etc/vllm/tls.key", "--ssl-certfile", "/etc/vllm/tls.crt", "--allow-credentials"],
+            ["--otlp-traces-endpoint", "https://collector.example:4317/v1/traces"],
+            ["--allowed-origins", '["https://ui.example"]'],
+            ["--kv-transfer-config", '{"url": "http://host:80/p@th", "x": "a@b"}'],
+            ["--root-path=/api?x=a@b", "--chat-template", "/t/user@host.jinja"],
+            ["--model-loader-extra-config", '{"a":"http://x","b":"y@z"}'],
+        ],
+    )
+    def test_non_secret_flags_are_allowed(self, words):
+        assert vs.normalize_server_config({"model": "/m", "extra_args": words})["extra_args"] == words
+
+    @pytest.mark.parametrize(
+        "word",
+        [
+            "https://user:p4ss@example.com/collector",
+            "--otlp-traces-endpoint=https://user:p4ss@example.com:4317",
+            "grpc://:p4ss@collector:4317",
+            "https://ghp_p4ss@github.com/org/repo",
+            "redis://default:p4ss@cache:6379/0",
+            "s3+https://AKIA:p4ss@bucket/x",
+            '{"url": "https://user:p4ss@host/x"}',
+            '{"url": "https:\\/\\/user:p4ss@host\\/x"}',  # JSON may escape "/" as "\/"
+            "HTTPS://user:p4ss@HOST",
+        ],
+    )
+    def test_url_credentials_are_refused(self, word):
+        assert vs.has_url_credentials(word)
+        error = error_of({"model": "/m", "extra_args": ["--otlp-traces-endpoint", word]}, "vllm")
+        assert error.field == "vllm.extra_args[1]"
+        assert "URL with credentials" in str(error)
+        assert "p4ss" not in str(error)
+
+    @pytest.mark.parametrize(
+        "word",
+        ["https://example.com/a@b", "https://example.com?x=a@b", "https://example.com#a@b", "user@host", "a@b://c"],
+    )
+    def test_at_signs_outside_the_user_info_are_fine(self, word):
+        assert not vs.has_url_credentials(word)
+
+
 def systemd_split(line):
     """Reference reading of an ExecStart= tail by systemd's rules (systemd.service(5), "Command lines").
 
