@@ -96,9 +96,19 @@ PACKAGE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 # Characters that break (or change the meaning of) a unit file, a drop-in line or an environment file.
 UNSAFE_PATH_CHARS = re.compile(r"[\s\"'\\%$;`*?\[\]{}<>|&#]")
 ROUTE_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+# A model that is not an absolute path is a Hugging Face repository id: `name` or `org/name`.
+HF_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+HOSTNAME_RE = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+# The first served model name goes unquoted into the watchdog's environment file, where systemd reads
+# quotes and backslashes as syntax.
+ENV_FILE_UNSAFE = re.compile(r"[\"'\\]")
 URL_CREDENTIALS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]*@")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 ANY_ADDRESSES = ("0.0.0.0", "::", "*")  # noqa: S104 - names of the wildcard address, not a bind
+# Wildcards that listen on IPv4 only (HAProxy's `*` and an empty address are IPv4; uvicorn's 0.0.0.0 too).
+IPV4_ANY_ADDRESSES = ("0.0.0.0", "*")  # noqa: S104 - names of the wildcard address, not a bind
 # Key and token material ends up in a HAProxy list file and an environment file, one per line.
 SECRET_RE = re.compile(r"^[\x21-\x7e]+$")
 MIN_KEY_LENGTH = 16
@@ -153,6 +163,15 @@ def _text(value: Any, where: str, allow_empty: bool = True) -> str:
 
 def _within(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def hidden_by_sandbox(path: str) -> Optional[str]:
+    """The SANDBOX_HIDDEN directory that holds ``path`` (lexically normalized), or None."""
+    normal = posixpath.normpath(path)
+    for hidden in SANDBOX_HIDDEN:
+        if _within(normal, hidden):
+            return hidden
+    return None
 
 
 def check_path(value: Any, where: str, *, allow_system: bool = False) -> str:
@@ -213,16 +232,24 @@ def _check_environment(env: Any, where: str) -> Dict[str, str]:
 
 
 def _check_model_location(model: str, where: str, config_dir: str, ip_allow: List[str]) -> None:
+    _text(model, where)  # control characters: a path or id with a newline names nothing real
     if model.startswith("/"):
-        for hidden in SANDBOX_HIDDEN:
-            if _within(model, hidden):
-                _fail(
-                    where,
-                    f"{model} is under {hidden}, which the vllm@ unit's sandbox hides from the server (ProtectHome, "
-                    "PrivateTmp, kernel file systems); put models under /srv or /var/lib",
-                )
-        if _within(model, config_dir):
+        # `..` could walk out of an allowed directory into a hidden one: judge the normalized path.
+        hidden = hidden_by_sandbox(model)
+        if hidden:
+            _fail(
+                where,
+                f"{model} is under {hidden}, which the vllm@ unit's sandbox hides from the server (ProtectHome, "
+                "PrivateTmp, kernel file systems); put models under /srv or /var/lib",
+            )
+        if _within(posixpath.normpath(model), config_dir):
             _fail(where, f"{model} is inside vllm_host_config_dir ({config_dir}, readable by root only)")
+    elif not HF_ID_RE.match(model) or ".." in model:
+        _fail(
+            where,
+            f"{model!r} is neither an absolute path nor a Hugging Face id (name or org/name); a relative path "
+            "would be read from the unit's working directory (vllm_host_state_dir)",
+        )
     elif "any" not in ip_allow:
         _fail(
             where,
@@ -251,6 +278,45 @@ def _check_devices(devices: Any, where: str) -> List[int]:
     if len(set(result)) != len(result):
         _fail(where, f"lists a GPU twice: {result}")
     return result
+
+
+def _check_host(value: Any, where: str) -> str:
+    """An IP address or a DNS name (what goes into a URL's host or a bind address)."""
+    host = _text(value, where, allow_empty=False)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host not in ANY_ADDRESSES and not HOSTNAME_RE.match(host):
+            _fail(where, f"must be an IP address or a host name (no port, scheme or spaces), got {host!r}")
+    return host
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+def _check_served_names(names: Any, where: str) -> None:
+    for i, name in enumerate(names if isinstance(names, (list, tuple)) else [names]):
+        item_where = f"{where}[{i}]" if isinstance(names, (list, tuple)) else where
+        if not isinstance(name, str):
+            continue  # the server configuration model names the type error
+        _text(name, item_where)
+        if ENV_FILE_UNSAFE.search(name):
+            _fail(
+                item_where,
+                f"must not contain quotes or backslashes (the watchdog's environment file carries it), got {name!r}",
+            )
+
+
+def _sets_pip_index(word: str) -> bool:
+    """``-i URL``, ``-iURL``, ``--index-url[=URL]``, ``--extra-index-url`` and the abbreviations pip accepts."""
+    if word.startswith("-i"):
+        return True
+    name = word.split("=", 1)[0]
+    return len(name) >= len("--ind") and any(option.startswith(name) for option in ("--index-url", "--extra-index-url"))
 
 
 def _is_loopback(host: str) -> bool:
@@ -301,7 +367,25 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
                     f"{path} is inside vllm_host_{other}_dir ({other_path}); the three directories must be separate "
                     "(the state directory belongs to the service user, the others to root)",
                 )
+    for var, use in (
+        ("install", "run the virtualenv's server and watchdog from"),
+        ("state", "use as its working directory and cache"),
+    ):
+        hidden = hidden_by_sandbox(dirs[var])
+        if hidden:
+            _fail(
+                f"vllm_host_{var}_dir",
+                f"{dirs[var]} is under {hidden}, which the sandbox of the vllm@ and watchdog units hides "
+                f"(ProtectHome, PrivateTmp); the server could not {use} it",
+            )
     python = check_path(s["python"], "vllm_host_python", allow_system=True)
+    hidden = hidden_by_sandbox(python)
+    if hidden:
+        _fail(
+            "vllm_host_python",
+            f"{python} is under {hidden}, which the units' sandbox hides: the virtualenv's interpreter links to it, "
+            "so neither the server nor the watchdog could start; use a system Python such as /usr/bin/python3",
+        )
     rw_paths = [
         check_path(p, f"vllm_host_extra_read_write_paths[{i}]")
         for i, p in enumerate(_as_list(s["extra_read_write_paths"], "vllm_host_extra_read_write_paths"))
@@ -312,8 +396,27 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
                 f"vllm_host_extra_read_write_paths[{i}]",
                 f"{path} would make the root-owned configuration or install directory writable by the server",
             )
-    for i, path in enumerate(_as_list(s["extra_read_only_paths"], "vllm_host_extra_read_only_paths")):
-        check_path(path, f"vllm_host_extra_read_only_paths[{i}]", allow_system=True)
+    ro_paths = [
+        check_path(p, f"vllm_host_extra_read_only_paths[{i}]", allow_system=True)
+        for i, p in enumerate(_as_list(s["extra_read_only_paths"], "vllm_host_extra_read_only_paths"))
+    ]
+    for var, paths in (("extra_read_write_paths", rw_paths), ("extra_read_only_paths", ro_paths)):
+        for i, path in enumerate(paths):
+            hidden = hidden_by_sandbox(path)
+            if hidden:
+                _fail(
+                    f"vllm_host_{var}[{i}]",
+                    f"{path} is under {hidden}, which the vllm@ unit's sandbox hides (ProtectHome, PrivateTmp): the "
+                    "path does not exist there, so systemd would refuse to start the unit",
+                )
+    for i, path in enumerate(ro_paths):
+        # A more specific path wins in the unit's namespace: this one would override ReadWritePaths= of the state.
+        if _within(path, dirs["state"]):
+            _fail(
+                f"vllm_host_extra_read_only_paths[{i}]",
+                "{} would make the server's state directory (vllm_host_state_dir {}: caches, Hugging Face home) "
+                "read-only".format(path, dirs["state"]),
+            )
 
     proxy = _as_bool(s["proxy"], "vllm_host_proxy")
     tls = _as_bool(s["tls"], "vllm_host_tls") and proxy
@@ -339,7 +442,7 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
                     "carries credentials in a URL, which would reach pip's command line; give the index with its "
                     "credentials as vllm_host_pip_index_url (written to a 0600 pip.conf) instead",
                 )
-            if var == "pip_extra_args" and re.match(r"^--?(i|index-url|extra-index-url)(=|$)", text):
+            if var == "pip_extra_args" and _sets_pip_index(text):
                 _fail(
                     f"vllm_host_{var}[{i}]",
                     "sets the index on pip's command line; use vllm_host_pip_index_url",
@@ -411,6 +514,21 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
             ),
         )
 
+    _check_served_names(s["served_model_name"], "vllm_host_served_model_name")
+    server_defaults = s["server_defaults"]
+    if server_defaults is None:
+        server_defaults = {}
+    if not isinstance(server_defaults, dict):
+        _fail(
+            "vllm_host_server_defaults",
+            f"must be a mapping of server configuration keys, got {type(server_defaults).__name__}",
+        )
+    if proxy and "host" in server_defaults:
+        _fail(
+            "vllm_host_server_defaults.host",
+            "the engine listens on 127.0.0.1 behind the proxy; vllm_host_proxy_bind sets the address clients use",
+        )
+
     base_env = _check_environment(s["environment"], "vllm_host_environment")
     del base_env  # checked, never returned (values may be secrets)
 
@@ -434,7 +552,8 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
         if name in names:
             _fail(where + ".name", f"vllm@{name} is declared twice")
         names.append(name)
-        devices = _check_devices(inst.get("devices") or [], where + ".devices")
+        # `devices: 0` is GPU 0 written as a scalar, not "no devices": only an absent/null value means none.
+        devices = _check_devices([] if inst.get("devices") is None else inst["devices"], where + ".devices")
         if devices and profile == "cpu":
             _fail(where + ".devices", "lists GPUs, but the cpu profile has none")
         for device in devices:
@@ -453,7 +572,7 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
                 "the engine listens on 127.0.0.1 behind the proxy; vllm_host_proxy_bind sets the address clients use",
             )
         merged = {"model": s["model_path"], "served_model_name": s["served_model_name"], "device": profile}
-        merged.update(s["server_defaults"] or {})
+        merged.update(server_defaults)
         merged.update(own)
         try:
             config = normalize_server_config(merged, where)
@@ -465,6 +584,7 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
                 where + ".devices",
                 f"lists {len(devices)} GPU(s) but tensor_parallel_size x pipeline_parallel_size is {needed}",
             )
+        _check_served_names(config["served_model_name"] or [], where + ".served_model_name")
         _check_model_location(config["model"], where + ".model", dirs["config"], ip_allow)
         for adapter, path in sorted(config["lora_modules"].items()):
             _check_model_location(path, f"{where}.lora_modules.{adapter}", dirs["config"], ["any"])
@@ -483,12 +603,20 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
                     where + ".port",
                     f"{port} + vllm_host_engine_port_offset {offset} is beyond 65535; lower one of them",
                 )
+            if engine_port < 1024:
+                _fail(
+                    where + ".port",
+                    "{} + vllm_host_engine_port_offset {} = {} is a privileged port, which the engine (running as {} "
+                    "without capabilities) cannot bind; raise vllm_host_engine_port_offset".format(
+                        port, offset, engine_port, s["user"]
+                    ),
+                )
             config["host"] = "127.0.0.1"
             config["port"] = engine_port
             engine_host = "127.0.0.1"
         else:
             engine_port = port
-            engine_host = config["host"]
+            engine_host = _check_host(config["host"], where + ".host")
             if port < 1024:
                 _fail(
                     where + ".port",
@@ -511,6 +639,15 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
             }
         )
 
+    if profile == "cuda" and len(servers) > 1:
+        for idx, srv in enumerate(servers):
+            if not srv["devices"]:
+                _fail(
+                    f"vllm_host_instances[{idx}].devices",
+                    "is empty, so vllm@{} would use every GPU, which the host's other instances use too; give each "
+                    "instance its own `devices` when a host runs several".format(srv["name"]),
+                )
+
     public = [srv["port"] for srv in servers]
     engines = [srv["engine_port"] for srv in servers]
     for idx, srv in enumerate(servers):
@@ -524,9 +661,15 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
                 "change vllm_host_engine_port_offset".format(srv["engine_port"]),
             )
 
-    health_host = _text(s["health_host"], "vllm_host_health_host", allow_empty=False)
+    health_host = _check_host(s["health_host"], "vllm_host_health_host")
     for srv in servers:
         listen = proxy_bind if proxy else srv["engine_host"]
+        if listen in IPV4_ANY_ADDRESSES and _is_ipv6(health_host):
+            _fail(
+                "vllm_host_health_host",
+                "{} is an IPv6 address, but vllm@{} listens on IPv4 only ({}); the health gate would find "
+                "nothing".format(health_host, srv["name"], listen),
+            )
         if listen in ANY_ADDRESSES:
             continue
         if health_host != listen and not (_is_loopback(listen) and _is_loopback(health_host)):

@@ -3,17 +3,23 @@
 `booted_fleet(...)` boots a set of nspawn hosts (cleaning up a set an interrupted run left behind),
 writes the inventory groups, yields a `Fleet` and destroys the hosts afterwards. `Fleet.playbook(...)`
 runs a playbook of this repository against them with the ansible.posix.json callback and returns
-(rc, output, parsed report); `changed` and `failures` read that report.
+(rc, output, parsed report); `changed` and `failures` read that report. Each fleet has its own local
+CA (the demo inventory's vllm_host_tls_local_ca_dir, through LLMOPS_TLS_CA_DIR): `Fleet.request(...)`
+talks to an instance through its TLS and API-key front, verifying the certificate with that CA.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
+import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from itest_support import report_failures
@@ -30,38 +36,83 @@ class Fleet:
     def __init__(self, state: Path, addresses: Dict[str, str], env: Optional[Dict[str, str]] = None) -> None:
         self.state = state
         self.addresses = addresses
-        self.env = env or {}
+        self.env = {"LLMOPS_TLS_CA_DIR": str(state / "tls"), **(env or {})}
+        # More inventory sources (e.g. a directory with group_vars/host_vars), after the generated ones.
+        self.inventories: List[Path] = []
+
+    @property
+    def ca(self) -> Path:
+        return self.state / "tls" / "ca.pem"
+
+    def request(
+        self, path: str, host: Optional[str] = None, key: Optional[str] = None, body: Optional[dict] = None,
+        *, method: Optional[str] = None, port: int = 8000, timeout: float = 60,
+    ) -> Tuple[int, Any]:  # fmt: skip
+        """(status, parsed JSON or text) of a request through the instance's TLS front, certificate verified."""
+        address = self.addresses[host] if host else self.address
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(
+            f"https://{address}:{port}{path}", data=None if body is None else json.dumps(body).encode(),
+            headers=headers, method=method,
+        )  # fmt: skip
+        context = ssl.create_default_context(cafile=str(self.ca))
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def answer(self, key: str, host: Optional[str] = None, prompt: str = "hello world", model: str = "tiny") -> str:
+        """A temperature-0 completion through the front (the tiny models answer deterministically)."""
+        status, payload = self.request(
+            "/v1/completions", host, key, {"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0}
+        )
+        assert status == 200, f"completion answered HTTP {status}: {payload}"
+        return payload["choices"][0]["text"]
 
     @property
     def address(self) -> str:
         return next(iter(self.addresses.values()))
 
-    def _command(self, name: str, varsfile: Path, extra: dict, args: List[str]) -> tuple[List[str], dict]:
-        varsfile.write_text(json.dumps(extra))
-        env = {**os.environ, **self.env, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"}
+    def _command(self, name: str, extra: dict, args: List[str], callback: str) -> tuple[List[str], dict]:
+        # A vars file of its own per run: runs may overlap (concurrent promotions).
+        fd, varsfile = tempfile.mkstemp(prefix="extra-", suffix=".json", dir=self.state)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(extra, handle)
+        env = {**os.environ, **self.env, "ANSIBLE_STDOUT_CALLBACK": callback}
         inventories = [ROOT / "inventories" / "demo", self.state / "inventory.yml", self.state / "groups.yml"]
+        inventories += self.inventories
         cmd = ["ansible-playbook", *[f"--inventory={i}" for i in inventories], str(ROOT / "playbooks" / name)]
         cmd += ["-e", f"@{varsfile}", *args]
         return cmd, env
 
-    def playbook(self, name: str, *args: str, **extra: object) -> tuple[int, str, dict]:
-        cmd, env = self._command(name, self.state / "extra.json", extra, list(args))
+    def playbook(
+        self, name: str, *args: str, callback: str = "ansible.posix.json", **extra: object
+    ) -> tuple[int, str, dict]:
+        """Run playbooks/NAME; the report is parsed when the callback is ansible.posix.json."""
+        cmd, env = self._command(name, extra, list(args), callback)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200, check=False)
         report = json.loads(proc.stdout) if proc.stdout.lstrip().startswith("{") else {}
         return proc.returncode, proc.stdout + proc.stderr, report
 
     def start_playbook(self, name: str, **extra: object) -> subprocess.Popen:
-        cmd, env = self._command(name, self.state / "extra-started.json", extra, [])
+        cmd, env = self._command(name, extra, [], "ansible.posix.json")
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
-    def ssh(self, command: str, host: Optional[str] = None, stdin: Optional[str] = None) -> str:
+    def ssh(self, command: str, host: Optional[str] = None, stdin: Optional[str] = None, check: bool = True) -> str:
         address = self.addresses[host] if host else self.address
         proc = subprocess.run(
             ["ssh", "-i", str(self.state / "id_ed25519"), "-o", "StrictHostKeyChecking=no",
              "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{address}", command],
             input=stdin, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
-        assert proc.returncode == 0, f"{command}: {proc.stderr}"
+        assert proc.returncode == 0 or not check, f"{command}: {proc.stderr}"
         return proc.stdout
 
     def current(self, host: Optional[str] = None, link: str = "current") -> str:

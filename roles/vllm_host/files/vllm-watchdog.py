@@ -56,7 +56,7 @@ def monotonic_usec():
 
 
 def probe(url, model, key, timeout):
-    """(ok, reason): a one-token completion answered with a choice."""
+    """(ok, reason): a one-token completion answered with a choice; ok is None when the probe proves nothing."""
     body = json.dumps({"model": model, "prompt": "ping", "max_tokens": 1, "temperature": 0}).encode()
     headers = {"Content-Type": "application/json"}
     if key:
@@ -68,6 +68,9 @@ def probe(url, model, key, timeout):
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL from our own config
             payload = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            # The API server refused our key before the engine was involved: this says nothing about a hang.
+            return None, f"HTTP {exc.code}: the key in the instance's env file is not the one the engine runs with"
         return False, f"HTTP {exc.code} from the completion"
     except (OSError, ValueError) as exc:  # timeouts, refused connections, bad JSON
         return False, f"{type(exc).__name__ if not str(exc) else exc} after {time.monotonic() - started:.1f} s"
@@ -135,6 +138,10 @@ def main(argv):
         env.get("VLLM_API_KEY", ""),
         float(env.get("WATCHDOG_TIMEOUT", "10")),
     )
+    if ok is None:
+        log(WARNING, f"{unit}: cannot probe: {reason}")
+        save(state_file, state)
+        return 0
     if ok:
         if state.get("failures"):
             log(NOTICE, "{}: answers again ({}) after {} failed probe(s)".format(unit, reason, state["failures"]))

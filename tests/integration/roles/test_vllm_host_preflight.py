@@ -1,101 +1,436 @@
 """Bad variables make vllm_host fail in preflight, before any change, naming the variable.
 
-Each case runs the real role through ansible-playbook against localhost with one bad setting on top
-of an otherwise valid configuration. The role validates variables before it looks at the host, so no
-test host is needed; the play must fail, say which variable is wrong, and report changed=0.
+Every case is one inventory host (``case-NNN``, ``ansible_connection: local``) whose host vars are one
+bad setting on top of an otherwise valid configuration, and ONE ansible-playbook run (forks 10, the
+ansible.posix.json callback, ``--tags vllm_host_preflight``) plays the real role against all of them; the
+tests then read each host's results. A bad host must fail in a variable check (the role's argument
+spec, the one-pass plan of plugins/module_utils/vllm_host_plan.py, the drain-hook check or the GPU
+checks), in a message that names the variable, with changed=0 and without its API key in the output.
+
+The cases aim at values that have the right type and still cannot work on a real host: privileged ports,
+one GPU in two instances, system directories, characters that break unit and environment files, system
+accounts, paths the unit's sandbox hides, addresses nothing listens on, unpinned versions, the same name
+or number written two ways.
+
+The valid controls (``VALID_CASES``) pass every variable check. This controller is not a systemd host, so
+they stop at the host assert (HOST_CHECKS), which is what proves the variable checks let them through.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import textwrap
 from pathlib import Path
+from typing import Any, Dict, List, NamedTuple
 
 import pytest
-from itest_support import report_failures
+import yaml
+from itest_support import ansible_env, report_failures
 
 ROOT = Path(__file__).resolve().parents[3]
-
-VALID = {
-    "vllm_host_profile": "cpu",
-    "vllm_host_api_key": "s3cret-test-key",
-    "vllm_host_model_path": "/srv/models/tiny",
-    "vllm_host_served_model_name": "tiny",
-    "vllm_host_instances": [{"name": "main", "port": 8000}],
-}
-
-CASES = {
-    "profile not a choice": ({"vllm_host_profile": "gpu"}, "vllm_host_profile"),
-    "drain time beyond the stop timeout": (
-        {"vllm_host_instances": [{"name": "main", "shutdown_timeout": 200}]},
-        "vllm_host_stop_timeout",
-    ),
-    "negative drain time": (
-        {"vllm_host_instances": [{"name": "main", "shutdown_timeout": -1}]},
-        "vllm_host_instances[0].shutdown_timeout",
-    ),
-    "drain hook that does not exist": ({"vllm_host_drain_tasks": "/nonexistent/drain.yml"}, "vllm_host_drain_tasks"),
-    "instances not a list": ({"vllm_host_instances": 5}, "vllm_host_instances"),
-    "instance without name": ({"vllm_host_instances": [{"port": 8000}]}, "vllm_host_instances"),
-    "instance name with spaces": ({"vllm_host_instances": [{"name": "Main Server"}]}, "vllm_host_instances"),
-    "duplicate instance names": (
-        {"vllm_host_instances": [{"name": "a", "port": 8000}, {"name": "a", "port": 8001}]},
-        "vllm_host_instances",
-    ),
-    "duplicate ports": (
-        {"vllm_host_instances": [{"name": "a", "port": 8000}, {"name": "b", "port": 8000}]},
-        "vllm_host_instances",
-    ),
-    "port out of range": ({"vllm_host_instances": [{"name": "main", "port": 70000}]}, "vllm_host_instances[0].port"),
-    "port not a number": ({"vllm_host_instances": [{"name": "main", "port": "http"}]}, "vllm_host_instances[0].port"),
-    "gpu memory fraction above 1": (
-        {
-            "vllm_host_profile": "cuda",
-            "vllm_host_gpu_check": False,
-            "vllm_host_instances": [{"name": "main", "gpu_memory_utilization": 1.5}],
-        },
-        "vllm_host_instances[0].gpu_memory_utilization",
-    ),
-    "gpu memory fraction zero": (
-        {
-            "vllm_host_profile": "cuda",
-            "vllm_host_gpu_check": False,
-            "vllm_host_instances": [{"name": "main", "gpu_memory_utilization": 0}],
-        },
-        "vllm_host_instances[0].gpu_memory_utilization",
-    ),
-    "tensor parallel size zero": (
-        {"vllm_host_instances": [{"name": "main", "tensor_parallel_size": 0}]},
-        "vllm_host_instances[0].tensor_parallel_size",
-    ),
-    "unknown dtype": ({"vllm_host_server_defaults": {"dtype": "fp7"}}, "vllm_host_instances[0].dtype"),
-    "misspelled server key": (
-        {"vllm_host_instances": [{"name": "main", "max_model_length": 512}]},
-        "vllm_host_instances[0].max_model_length",
-    ),
-    "api key in extra_args": (
-        {"vllm_host_instances": [{"name": "main", "extra_args": ["--api-key", "x"]}]},
-        "vllm_host_instances[0].extra_args",
-    ),
-    "missing model": ({"vllm_host_model_path": ""}, "vllm_host_instances[0].model"),
-    "empty key where one is required": ({"vllm_host_api_key": ""}, "vllm_host_api_key"),
-    "health timeout not an int": ({"vllm_host_health_timeout": "soon"}, "vllm_host_health_timeout"),
-    "unknown health probe": ({"vllm_host_health_probes": ["ping"]}, "vllm_host_health_probes"),
-    "disk threshold not an int": ({"vllm_host_min_free_disk_mb": "lots"}, "vllm_host_min_free_disk_mb"),
-    # GPU checks against a replayed real H100 host (one GPU): see replaying_nvidia_smi().
-    "tensor parallel size above the GPU count": (
-        {"vllm_host_profile": "cuda", "vllm_host_instances": [{"name": "main", "tensor_parallel_size": 2}]},
-        "vllm_host_instances",
-    ),
-    "device index the host does not have": (
-        {"vllm_host_profile": "cuda", "vllm_host_instances": [{"name": "main", "devices": [3]}]},
-        "vllm_host_instances",
-    ),
-}
-
 DATA = ROOT / "tests" / "unit" / "data" / "nvidia-smi"
+KEY_MARK = "s3cret"  # in every API key, token and secret-like value a case sets: none may reach the output
+
+
+class Case(NamedTuple):
+    overrides: Dict[str, Any]
+    variable: str  # the failure message names it (a plan message starts with it)
+    reason: str = ""  # and says this (proves the case fails for the intended reason)
+
+
+CUDA = {"vllm_host_profile": "cuda", "vllm_host_gpu_check": False}
+NO_PROXY = {"vllm_host_proxy": False, "vllm_host_tls": False}
+
+
+def inst(**keys: Any) -> Dict[str, Any]:
+    return {"vllm_host_instances": [{"name": "main", "port": 8000, **keys}]}
+
+
+def insts(*entries: Dict[str, Any]) -> Dict[str, Any]:
+    return {"vllm_host_instances": list(entries)}
+
+
+CASES: Dict[str, Case] = {
+    # --- kept from the one-run-per-case version of this file -------------------------------------
+    "profile not a choice": Case({"vllm_host_profile": "gpu"}, "vllm_host_profile"),
+    "drain time beyond the stop timeout": Case(inst(shutdown_timeout=200), "vllm_host_stop_timeout", "must exceed"),
+    "negative drain time": Case(inst(shutdown_timeout=-1), "vllm_host_instances[0].shutdown_timeout"),
+    "drain hook that does not exist": Case(
+        {"vllm_host_drain_tasks": "/nonexistent/drain.yml"}, "vllm_host_drain_tasks", "does not exist"
+    ),
+    "instances not a list": Case({"vllm_host_instances": 5}, "vllm_host_instances"),
+    "instance without name": Case(insts({"port": 8000}), "vllm_host_instances[0].name"),
+    "instance name with spaces": Case(insts({"name": "Main Server"}), "vllm_host_instances[0].name"),
+    "duplicate instance names": Case(
+        insts({"name": "a", "port": 8000}, {"name": "a", "port": 8001}), "vllm_host_instances[1].name", "twice"
+    ),
+    "duplicate ports": Case(
+        insts({"name": "a", "port": 8000}, {"name": "b", "port": 8000}), "vllm_host_instances[0].port", "two instances"
+    ),
+    "port out of range": Case(inst(port=70000), "vllm_host_instances[0].port"),
+    "port not a number": Case(inst(port="http"), "vllm_host_instances[0].port"),
+    "gpu memory fraction above 1": Case(
+        {**CUDA, **inst(gpu_memory_utilization=1.5)}, "vllm_host_instances[0].gpu_memory_utilization"
+    ),
+    "gpu memory fraction zero": Case(
+        {**CUDA, **inst(gpu_memory_utilization=0)}, "vllm_host_instances[0].gpu_memory_utilization"
+    ),
+    "tensor parallel size zero": Case(inst(tensor_parallel_size=0), "vllm_host_instances[0].tensor_parallel_size"),
+    "unknown dtype": Case({"vllm_host_server_defaults": {"dtype": "fp7"}}, "vllm_host_instances[0].dtype"),
+    "misspelled server key": Case(inst(max_model_length=512), "vllm_host_instances[0].max_model_length", "unknown"),
+    "api key in extra_args": Case(
+        inst(extra_args=["--api-key", f"{KEY_MARK}-in-argv-0123456789"]), "vllm_host_instances[0].extra_args[0]"
+    ),
+    "missing model": Case({"vllm_host_model_path": ""}, "vllm_host_instances[0].model"),
+    "empty key where one is required": Case({"vllm_host_api_key": ""}, "vllm_host_api_key", "is empty"),
+    "health timeout not an int": Case({"vllm_host_health_timeout": "soon"}, "vllm_host_health_timeout"),
+    "unknown health probe": Case({"vllm_host_health_probes": ["ping"]}, "vllm_host_health_probes"),
+    "disk threshold not an int": Case({"vllm_host_min_free_disk_mb": "lots"}, "vllm_host_min_free_disk_mb"),
+    # GPU checks against a replayed real H100 host (one GPU): see replaying_nvidia_smi().
+    "tensor parallel size above the GPU count": Case(
+        {"vllm_host_profile": "cuda", **inst(tensor_parallel_size=2)}, "vllm_host_instances", "1 GPU(s)"
+    ),
+    "device index the host does not have": Case(
+        {"vllm_host_profile": "cuda", **inst(devices=[3])}, "vllm_host_instances", "1 GPU(s)"
+    ),
+    # --- accounts ------------------------------------------------------------------------------------
+    "root as the service user": Case({"vllm_host_user": "root"}, "vllm_host_user", "system account"),
+    "daemon as the service group": Case({"vllm_host_group": "daemon"}, "vllm_host_group", "system account"),
+    "nobody as the service user": Case({"vllm_host_user": "nobody"}, "vllm_host_user", "system account"),
+    "user name with a space": Case({"vllm_host_user": "vllm svc"}, "vllm_host_user", "plain account name"),
+    "user name with a newline": Case({"vllm_host_user": "vllm\nroot"}, "vllm_host_user", "control characters"),
+    # --- what gets installed ---------------------------------------------------------------------------
+    "version latest": Case({"vllm_host_version": "latest"}, "vllm_host_version", "pinned release"),
+    "version range": Case({"vllm_host_version": ">=0.32"}, "vllm_host_version", "pinned release"),
+    "version wildcard": Case({"vllm_host_version": "0.32.*"}, "vllm_host_version", "pinned release"),
+    "version with a trailing space": Case({"vllm_host_version": "0.32.0 "}, "vllm_host_version", "pinned release"),
+    "package with a version pin": Case({"vllm_host_package": "vllm==0.31.0"}, "vllm_host_package", "PyPI"),
+    "index URL without a scheme": Case(
+        {"vllm_host_pip_index_url": "mirror.internal/simple"}, "vllm_host_pip_index_url", "http(s) URL"
+    ),
+    "credentials in a find-links URL": Case(
+        {"vllm_host_pip_find_links": [f"https://ci:{KEY_MARK}-pw@mirror.internal/wheels/"]},
+        "vllm_host_pip_find_links[0]",
+        "credentials",
+    ),
+    "credentials in a pip argument": Case(
+        {"vllm_host_pip_extra_args": ["--trusted-host", f"https://{KEY_MARK}-token@mirror.internal/simple"]},
+        "vllm_host_pip_extra_args[1]",
+        "credentials",
+    ),
+    "index URL in pip arguments": Case(
+        {"vllm_host_pip_extra_args": ["--index-url", "https://mirror.internal/simple"]},
+        "vllm_host_pip_extra_args[0]",
+        "sets the index",
+    ),
+    "short index option glued to its URL in pip arguments": Case(
+        {"vllm_host_pip_extra_args": ["-ihttps://mirror.internal/simple"]}, "vllm_host_pip_extra_args[0]", "index"
+    ),
+    "abbreviated extra index option in pip arguments": Case(
+        {"vllm_host_pip_extra_args": ["--extra-index=https://mirror.internal/simple"]},
+        "vllm_host_pip_extra_args[0]",
+        "sets the index",
+    ),
+    # --- the role's directories ------------------------------------------------------------------------
+    "root directory as the install directory": Case({"vllm_host_install_dir": "/"}, "vllm_host_install_dir", "system"),
+    "/etc as the config directory": Case({"vllm_host_config_dir": "/etc"}, "vllm_host_config_dir", "system directory"),
+    "/var/lib as the state directory": Case(
+        {"vllm_host_state_dir": "/var/lib"}, "vllm_host_state_dir", "system directory"
+    ),
+    "/opt as the install directory": Case({"vllm_host_install_dir": "/opt"}, "vllm_host_install_dir", "system"),
+    "relative install directory": Case({"vllm_host_install_dir": "opt/vllm"}, "vllm_host_install_dir", "absolute"),
+    "config directory with ..": Case({"vllm_host_config_dir": "/etc/vllm/../ssh"}, "vllm_host_config_dir", "..'"),
+    "state directory with a space": Case(
+        {"vllm_host_state_dir": "/var/lib/my vllm"}, "vllm_host_state_dir", "must not contain spaces"
+    ),
+    "install directory with a quote": Case(
+        {"vllm_host_install_dir": "/opt/vllm'x"}, "vllm_host_install_dir", "must not contain spaces, quotes"
+    ),
+    "config directory with a percent sign": Case(
+        {"vllm_host_config_dir": "/etc/vllm%i"}, "vllm_host_config_dir", "special characters"
+    ),
+    "state directory inside the config directory": Case(
+        {"vllm_host_state_dir": "/etc/vllm/state"}, "vllm_host_state_dir", "inside vllm_host_config_dir"
+    ),
+    "config directory inside the install directory": Case(
+        {"vllm_host_config_dir": "/opt/vllm/etc"}, "vllm_host_config_dir", "inside vllm_host_install_dir"
+    ),
+    "install directory under /home": Case(
+        {"vllm_host_install_dir": "/home/ops/vllm"}, "vllm_host_install_dir", "hides"
+    ),
+    "state directory under /tmp": Case({"vllm_host_state_dir": "/tmp/vllm-state"}, "vllm_host_state_dir", "hides"),
+    "python under /root": Case({"vllm_host_python": "/root/.pyenv/bin/python3"}, "vllm_host_python", "hides"),
+    "relative python": Case({"vllm_host_python": "python3"}, "vllm_host_python", "absolute"),
+    "read-write path /etc": Case(
+        {"vllm_host_extra_read_write_paths": ["/etc"]}, "vllm_host_extra_read_write_paths[0]", "system directory"
+    ),
+    "read-write path covering the config directory": Case(
+        {"vllm_host_extra_read_write_paths": ["/etc/vllm"]}, "vllm_host_extra_read_write_paths[0]", "root-owned"
+    ),
+    "read-write path covering the install directory": Case(
+        {"vllm_host_extra_read_write_paths": ["/srv/data", "/opt/vllm"]},
+        "vllm_host_extra_read_write_paths[1]",
+        "root-owned",
+    ),
+    "read-write path under /tmp": Case(
+        {"vllm_host_extra_read_write_paths": ["/tmp/scratch"]}, "vllm_host_extra_read_write_paths[0]", "hides"
+    ),
+    "read-write paths as one string": Case(
+        {"vllm_host_extra_read_write_paths": "/srv/data"}, "vllm_host_extra_read_write_paths", "must be a list"
+    ),
+    "read-only path that is the state directory": Case(
+        {"vllm_host_extra_read_only_paths": ["/var/lib/vllm"]}, "vllm_host_extra_read_only_paths[0]", "read-only"
+    ),
+    "read-only path inside the state directory": Case(
+        {"vllm_host_extra_read_only_paths": ["/var/lib/vllm/cache"]}, "vllm_host_extra_read_only_paths[0]", "state"
+    ),
+    "read-only path with a space": Case(
+        {"vllm_host_extra_read_only_paths": ["/srv/shared models"]}, "vllm_host_extra_read_only_paths[0]", "spaces"
+    ),
+    # --- the model the server must read ----------------------------------------------------------------
+    "model under /home": Case({"vllm_host_model_path": "/home/ops/models/tiny"}, "vllm_host_instances[0].model", "/home"),
+    "model under /root": Case({"vllm_host_model_path": "/root/models/tiny"}, "vllm_host_instances[0].model", "/root"),
+    "model under /tmp": Case({"vllm_host_model_path": "/tmp/models/tiny"}, "vllm_host_instances[0].model", "/tmp"),
+    "model that walks into /home with ..": Case(
+        {"vllm_host_model_path": "/srv/../home/ops/tiny"}, "vllm_host_instances[0].model", "hides"
+    ),
+    "model in the config directory": Case(
+        {"vllm_host_model_path": "/etc/vllm/models/tiny"}, "vllm_host_instances[0].model", "vllm_host_config_dir"
+    ),
+    "instance model in the config directory": Case(
+        inst(model="/etc/vllm/tiny"), "vllm_host_instances[0].model", "vllm_host_config_dir"
+    ),
+    "Hugging Face id with the engine's egress restricted": Case(
+        {"vllm_host_model_path": "Qwen/Qwen2.5-0.5B-Instruct"}, "vllm_host_instances[0].model", "Hugging Face id"
+    ),
+    "relative model path": Case(
+        {"vllm_host_model_path": "./models/tiny", "vllm_host_engine_ip_allow": ["any"]},
+        "vllm_host_instances[0].model",
+        "neither an absolute path",
+    ),
+    "model in the home directory by tilde": Case(
+        {"vllm_host_model_path": "~/models/tiny", "vllm_host_engine_ip_allow": ["any"]},
+        "vllm_host_instances[0].model",
+        "neither an absolute path",
+    ),
+    "model path with a newline": Case(
+        {"vllm_host_model_path": "/srv/models/tiny\nExecStartPre=/bin/true"},
+        "vllm_host_instances[0].model",
+        "control characters",
+    ),
+    "LoRA adapter under /home": Case(
+        inst(enable_lora=True, lora_modules={"sql": "/home/ops/adapters/sql"}),
+        "vllm_host_instances[0].lora_modules.sql",
+        "hides",
+    ),
+    "LoRA adapter under /tmp": Case(
+        inst(enable_lora=True, lora_modules={"sql": "/tmp/adapters/sql"}),
+        "vllm_host_instances[0].lora_modules.sql",
+        "hides",
+    ),
+    "served model name with a newline": Case(
+        {"vllm_host_served_model_name": "tiny\nWATCHDOG_URL=http://10.0.0.9"},
+        "vllm_host_served_model_name",
+        "control characters",
+    ),
+    "served model name with a quote": Case(
+        {"vllm_host_served_model_name": 'tiny"chat'}, "vllm_host_served_model_name", "quotes"
+    ),
+    "instance served model name with a backslash": Case(
+        inst(served_model_name=["tiny", "tiny\\chat"]), "vllm_host_instances[0].served_model_name[1]", "backslashes"
+    ),
+    # --- environment files -----------------------------------------------------------------------------
+    "environment name with a newline": Case(
+        {"vllm_host_environment": {"FOO\nVLLM_API_KEY": "1"}}, "vllm_host_environment.FOO", "not a valid"
+    ),
+    "environment name starting with a digit": Case(
+        {"vllm_host_environment": {"1ST": "1"}}, "vllm_host_environment.1ST", "not a valid"
+    ),
+    "environment value with a newline": Case(
+        {"vllm_host_environment": {"HF_HUB_OFFLINE": f"1\nVLLM_API_KEY={KEY_MARK}-injected-0123456789"}},
+        "vllm_host_environment.HF_HUB_OFFLINE",
+        "newlines",
+    ),
+    "environment value that is a list": Case(
+        {"vllm_host_environment": {"VLLM_CPU_OMP_THREADS_BIND": [0, 1]}},
+        "vllm_host_environment.VLLM_CPU_OMP_THREADS_BIND",
+        "string or a number",
+    ),
+    "HF_TOKEN in the shared environment": Case(
+        {"vllm_host_environment": {"HF_TOKEN": f"hf_{KEY_MARK}0123456789"}},
+        "vllm_host_environment.HF_TOKEN",
+        "vllm_host_hf_token",
+    ),
+    "VLLM_API_KEY in an instance environment": Case(
+        inst(environment={"VLLM_API_KEY": f"{KEY_MARK}-other-0123456789"}),
+        "vllm_host_instances[0].environment.VLLM_API_KEY",
+        "set by the role",
+    ),
+    "CUDA_VISIBLE_DEVICES in an instance environment": Case(
+        {**CUDA, **inst(environment={"CUDA_VISIBLE_DEVICES": "0"})},
+        "vllm_host_instances[0].environment.CUDA_VISIBLE_DEVICES",
+        "devices",
+    ),
+    "instance environment as a list": Case(
+        inst(environment=["HF_HUB_OFFLINE=1"]), "vllm_host_instances[0].environment", "mapping"
+    ),
+    # --- keys and TLS ----------------------------------------------------------------------------------
+    "too short API key": Case({"vllm_host_api_key": f"{KEY_MARK}-short"}, "vllm_host_api_key", "characters long"),
+    "API key with spaces": Case(
+        {"vllm_host_api_key": f"{KEY_MARK} key with spaces in it"}, "vllm_host_api_key", "without spaces"
+    ),
+    "API key with a newline": Case(
+        {"vllm_host_api_key": f"{KEY_MARK}-0123456789\nBearer x"}, "vllm_host_api_key", "printable"
+    ),
+    "Hugging Face token with a newline": Case(
+        {"vllm_host_hf_token": f"hf_{KEY_MARK}\nHF_HUB_OFFLINE=0"}, "vllm_host_hf_token", "printable"
+    ),
+    "TLS without a certificate or a local CA": Case(
+        {"vllm_host_tls_local_ca_dir": ""}, "vllm_host_tls_cert_src", "is empty"
+    ),
+    "certificate without its key": Case({"vllm_host_tls_cert_src": "@CERT@"}, "vllm_host_tls_key_src", "both"),
+    "key without its certificate": Case({"vllm_host_tls_key_src": "@KEY@"}, "vllm_host_tls_cert_src", "both"),
+    "certificate file that does not exist": Case(
+        {"vllm_host_tls_cert_src": "/nonexistent/host.pem", "vllm_host_tls_key_src": "@KEY@"},
+        "vllm_host_tls_cert_src",
+        "not a file",
+    ),
+    "relative local CA directory": Case({"vllm_host_tls_local_ca_dir": "pki/ca"}, "vllm_host_tls_local_ca_dir"),
+    # --- booleans that are not ---------------------------------------------------------------------------
+    "proxy switch that is not a boolean": Case({"vllm_host_proxy": "sometimes"}, "vllm_host_proxy", "boolean"),
+    "TLS switch that is not a boolean": Case({"vllm_host_tls": "maybe"}, "vllm_host_tls", "boolean"),
+    "watchdog switch that is not a boolean": Case({"vllm_host_watchdog": "enabled"}, "vllm_host_watchdog", "boolean"),
+    "key requirement that is not a boolean": Case(
+        {"vllm_host_api_key_required": "perhaps"}, "vllm_host_api_key_required"
+    ),
+    # --- ports, addresses, the proxy ---------------------------------------------------------------------
+    "privileged port without the proxy": Case(
+        {**NO_PROXY, **inst(port=443)}, "vllm_host_instances[0].port", "privileged"
+    ),
+    "engine port on a privileged port behind the proxy": Case(
+        {"vllm_host_engine_port_offset": 100, **inst(port=443)}, "vllm_host_instances[0].port", "privileged"
+    ),
+    "engine port on another instance's public port": Case(
+        insts({"name": "a", "port": 8000}, {"name": "b", "port": 18000}), "vllm_host_instances[0].port", "collides"
+    ),
+    "engine port beyond 65535": Case(inst(port=60000), "vllm_host_instances[0].port", "beyond 65535"),
+    "engine port offset zero": Case({"vllm_host_engine_port_offset": 0}, "vllm_host_engine_port_offset", "at least 1"),
+    "same port written two ways": Case(
+        insts({"name": "a", "port": 8000}, {"name": "b", "port": "8000"}), "vllm_host_instances[0].port", "two"
+    ),
+    "instance host while the proxy is on": Case(inst(host="0.0.0.0"), "vllm_host_instances[0].host", "127.0.0.1"),
+    "shared host while the proxy is on": Case(
+        {"vllm_host_server_defaults": {"host": "0.0.0.0"}}, "vllm_host_server_defaults.host", "127.0.0.1"
+    ),
+    "host in extra_args": Case(inst(extra_args=["--host", "0.0.0.0"]), "vllm_host_instances[0].extra_args[0]", "host"),
+    "health host the proxy does not bind": Case(
+        {"vllm_host_proxy_bind": "10.0.0.5", "vllm_host_health_host": "127.0.0.1"}, "vllm_host_health_host", "10.0.0.5"
+    ),
+    "health host the engine does not bind": Case(
+        {**NO_PROXY, **inst(port=8080, host="127.0.0.1"), "vllm_host_health_host": "10.0.0.5"},
+        "vllm_host_health_host",
+        "127.0.0.1",
+    ),
+    "IPv6 health host on an IPv4 bind": Case(
+        {"vllm_host_health_host": "::1"}, "vllm_host_health_host", "IPv4 only"
+    ),
+    "health host with a port": Case(
+        {"vllm_host_health_host": "127.0.0.1:8000"}, "vllm_host_health_host", "no port"
+    ),
+    "engine host that is not an address": Case(
+        {**NO_PROXY, **inst(port=8080, host="all interfaces")}, "vllm_host_instances[0].host", "host name"
+    ),
+    "proxy bind that is not an address": Case({"vllm_host_proxy_bind": "all"}, "vllm_host_proxy_bind", "IP address"),
+    "metrics source that is a host name": Case(
+        {"vllm_host_metrics_allow": ["prometheus.internal"]}, "vllm_host_metrics_allow[0]", "CIDR"
+    ),
+    "metrics source with a bad prefix": Case(
+        {"vllm_host_metrics_allow": ["10.0.0.0/33"]}, "vllm_host_metrics_allow[0]", "CIDR"
+    ),
+    "engine egress to a name": Case({"vllm_host_engine_ip_allow": ["internet"]}, "vllm_host_engine_ip_allow[0]"),
+    "route that is not a path": Case({"vllm_host_proxy_routes": ["v1/"]}, "vllm_host_proxy_routes[0]", "path"),
+    "route that climbs out with ..": Case(
+        {"vllm_host_proxy_routes": ["/v1/../admin"]}, "vllm_host_proxy_routes[0]", "path"
+    ),
+    "empty route": Case({"vllm_host_proxy_routes": ["/v1/", ""]}, "vllm_host_proxy_routes[1]", "empty"),
+    "no routes at all": Case({"vllm_host_proxy_routes": []}, "vllm_host_proxy_routes", "reach nothing"),
+    "proxy timeout zero": Case({"vllm_host_proxy_timeout": 0}, "vllm_host_proxy_timeout", "at least 1"),
+    # --- instances and GPUs ------------------------------------------------------------------------------
+    "instance name as a YAML number": Case(insts({"name": 1, "port": 8000}), "vllm_host_instances[0].name"),
+    "same instance name as a string and a number": Case(
+        insts({"name": "1", "port": 8000}, {"name": 1, "port": 8001}), "vllm_host_instances[1].name"
+    ),
+    "instance name in capitals": Case(insts({"name": "Main", "port": 8000}), "vllm_host_instances[0].name"),
+    "instance name longer than 32": Case(insts({"name": "m" * 33, "port": 8000}), "vllm_host_instances[0].name"),
+    "instance that is a string": Case({"vllm_host_instances": ["main"]}, "vllm_host_instances"),
+    "no instances": Case({"vllm_host_instances": []}, "vllm_host_instances", "at least one"),
+    "devices on the cpu profile": Case(inst(devices=[0]), "vllm_host_instances[0].devices", "cpu profile"),
+    "one GPU given to two instances": Case(
+        {**CUDA, **insts({"name": "a", "port": 8000, "devices": [0]}, {"name": "b", "port": 8001, "devices": [0]})},
+        "vllm_host_instances[1].devices",
+        "already given",
+    ),
+    "one GPU given to two instances, written two ways": Case(
+        {**CUDA, **insts({"name": "a", "port": 8000, "devices": [0]}, {"name": "b", "port": 8001, "devices": ["0"]})},
+        "vllm_host_instances[1].devices",
+        "already given",
+    ),
+    "two instances sharing every GPU": Case(
+        {**CUDA, **insts({"name": "a", "port": 8000, "devices": [0]}, {"name": "b", "port": 8001})},
+        "vllm_host_instances[1].devices",
+        "every GPU",
+    ),
+    "GPU listed twice in one instance": Case(
+        {**CUDA, **inst(devices=[0, 0], tensor_parallel_size=2)}, "vllm_host_instances[0].devices", "twice"
+    ),
+    "devices not matching tensor x pipeline parallel": Case(
+        {**CUDA, **inst(devices=[0, 1], tensor_parallel_size=1)}, "vllm_host_instances[0].devices", "tensor_parallel"
+    ),
+    "devices as one number": Case(
+        {**CUDA, **inst(devices=0)}, "vllm_host_instances[0].devices", "must be a list"
+    ),
+    "negative device index": Case({**CUDA, **inst(devices=[-1])}, "vllm_host_instances[0].devices[0]", "at least 0"),
+    # --- systemd and the watchdog ------------------------------------------------------------------------
+    "watchdog interval zero": Case({"vllm_host_watchdog_interval": 0}, "vllm_host_watchdog_interval", "at least 1"),
+    "watchdog failures zero": Case({"vllm_host_watchdog_failures": 0}, "vllm_host_watchdog_failures", "at least 1"),
+    "watchdog timeout far beyond the interval": Case(
+        {"vllm_host_watchdog_timeout": 600}, "vllm_host_watchdog_timeout", "far longer"
+    ),
+    "watchdog interval as a boolean": Case(
+        {"vllm_host_watchdog_interval": True}, "vllm_host_watchdog_interval", "integer"
+    ),
+    "stop timeout zero": Case({"vllm_host_stop_timeout": 0}, "vllm_host_stop_timeout", "at least 1"),
+    "negative restart delay": Case({"vllm_host_restart_sec": -1}, "vllm_host_restart_sec", "at least 0"),
+    "start timeout not a number": Case({"vllm_host_start_timeout": "never"}, "vllm_host_start_timeout"),
+}
+
+# Valid configurations: they pass every variable check (here they stop at the host assert).
+VALID_CASES: Dict[str, Dict[str, Any]] = {
+    "the baseline": {},
+    "one H100, tensor parallel 1": {"vllm_host_profile": "cuda"},
+    "one H100 as device 0": {"vllm_host_profile": "cuda", **inst(devices=[0])},
+    "no proxy, plain HTTP on 8080": {**NO_PROXY, **inst(port=8080)},
+    "public port 443 behind the proxy": inst(port=443),
+    "TLS from certificate files": {"vllm_host_tls_cert_src": "@CERT@", "vllm_host_tls_key_src": "@KEY@"},
+    "Hugging Face id with open egress": {"vllm_host_model_path": "Qwen/Qwen2.5-0.5B", "vllm_host_engine_ip_allow": ["any"]},
+    "two instances, two ports": insts({"name": "a", "port": 8000}, {"name": "b", "port": 8001}),
+    "read-only parent of the state directory": {
+        "vllm_host_extra_read_only_paths": ["/var/lib"],
+        "vllm_host_extra_read_write_paths": ["/srv/vllm/scratch"],
+    },
+    "IPv6 health host on a dual-stack bind": {"vllm_host_proxy_bind": "::", "vllm_host_health_host": "::1"},
+    "environment value with spaces and quotes": {"vllm_host_environment": {"VLLM_LOGGING_PREFIX": 'a "b" c'}},
+}
+
+# Preflight tasks that look at the host rather than the variables (this controller is not a systemd host).
+HOST_CHECKS = ("[Require systemd", "[Require an active NVIDIA fabric manager")
+# Tasks that check variables: a bad case must fail in one of these.
+VARIABLE_CHECKS = (
+    "[Validating arguments against arg spec",
+    "[Check every variable and plan the instances",
+    "[Require the drain hooks to exist",
+    "[Require enough GPUs for every instance's parallelism",
+)
 
 
 def replaying_nvidia_smi(directory: Path) -> Path:
@@ -125,83 +460,157 @@ def replaying_nvidia_smi(directory: Path) -> Path:
     return script
 
 
-# Preflight tasks that look at the host rather than the variables (this controller is not a systemd host).
-HOST_CHECKS = (
-    "[Require systemd",
-    "[Require a supported operating system",
-    "[Check the Python",
-    "[Require free disk",
-    "[Require the instruction sets",
-)
+def host_name(index: int) -> str:
+    return f"case-{index:03d}"
 
 
-def run_role(tmp_path: Path, overrides: dict) -> tuple[int, dict, str]:
-    extra = {**VALID, "vllm_host_nvidia_smi_path": str(replaying_nvidia_smi(tmp_path)), **overrides}
-    varsfile = tmp_path / "vars.json"
-    varsfile.write_text(json.dumps(extra))
-    playbook = tmp_path / "play.yml"
+HOSTS = {name: host_name(i) for i, name in enumerate([*CASES, *VALID_CASES])}
+
+
+def secrets_in(value: Any) -> List[str]:
+    """Every string in a case's overrides that carries KEY_MARK."""
+    if isinstance(value, str):
+        return [value] if KEY_MARK in value else []
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in secrets_in(v)] + [s for k in value for s in secrets_in(k)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in secrets_in(v)]
+    return []
+
+
+def valid_key(host: str) -> str:
+    return f"{KEY_MARK}-valid-key-{host}"
+
+
+class Run(NamedTuple):
+    rc: int
+    report: Dict[str, Any]
+    output: str
+    seconds: float
+
+
+def substitute(value: Any, files: Dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return files.get(value, value)
+    if isinstance(value, dict):
+        return {k: substitute(v, files) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, files) for v in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def preflight(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One ansible-playbook run of the role's preflight against every case host."""
+    import time
+
+    work = tmp_path_factory.mktemp("vllm-host-preflight")
+    (work / "ca").mkdir()
+    files = {"@CERT@": str(work / "host.pem"), "@KEY@": str(work / "host.key")}
+    for path in files.values():
+        Path(path).write_text("not checked in preflight\n")
+    baseline = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        "vllm_host_profile": "cpu",
+        "vllm_host_model_path": "/srv/models/tiny",
+        "vllm_host_served_model_name": "tiny",
+        "vllm_host_instances": [{"name": "main", "port": 8000}],
+        "vllm_host_tls_local_ca_dir": str(work / "ca"),
+        "vllm_host_nvidia_smi_path": str(replaying_nvidia_smi(work)),
+    }
+    hosts = {}
+    for name, host in HOSTS.items():
+        overrides = CASES[name].overrides if name in CASES else VALID_CASES[name]
+        hosts[host] = {"vllm_host_api_key": valid_key(host), **substitute(overrides, files)}
+    inventory = work / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"vars": baseline, "hosts": hosts}}, sort_keys=False))
+    playbook = work / "play.yml"
     playbook.write_text(
-        textwrap.dedent(
-            """\
-            - hosts: localhost
-              connection: local
-              gather_facts: true
-              vars:
-                ansible_python_interpreter: "{{ ansible_playbook_python }}"
-              roles:
-                - llmops.platform.vllm_host
-            """
+        yaml.safe_dump(
+            [{"name": "Preflight", "hosts": "all", "gather_facts": False, "roles": ["llmops.platform.vllm_host"]}]
         )
     )
-    env = {
-        **os.environ,
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".collections"),
-    }
+    started = time.monotonic()
     proc = subprocess.run(
         # Only the preflight runs (tag), so even a valid configuration never installs anything here.
-        ["ansible-playbook", "-i", "localhost,", str(playbook), "-e", f"@{varsfile}", "--tags", "vllm_host_preflight"],
+        ["ansible-playbook", "-i", str(inventory), str(playbook), "--tags", "vllm_host_preflight", "--forks", "10"],
         capture_output=True,
         text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+        env=ansible_env(),
+        cwd=work,
+        timeout=600,
         check=False,
     )
+    seconds = time.monotonic() - started
     report = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
-    return proc.returncode, report, proc.stdout + proc.stderr
+    assert report.get("stats"), f"no JSON report (rc {proc.returncode})\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return Run(proc.returncode, report, proc.stdout + proc.stderr, seconds)
+
+
+def host_report(report: Dict[str, Any], host: str) -> Dict[str, Any]:
+    """The report with only this host's results."""
+    return {
+        "plays": [
+            {"tasks": [{**t, "hosts": {host: t["hosts"][host]}} for t in play["tasks"] if host in t["hosts"]]}
+            for play in report.get("plays", [])
+        ]
+    }
+
+
+def leaked(output: str, secrets: List[str]) -> List[str]:
+    """The secrets found in the output as they are or JSON-escaped (newlines as \\n)."""
+    return [s for s in secrets if s in output or json.dumps(s)[1:-1] in output]
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_variable_fails_in_preflight_naming_it(tmp_path: Path, case: str) -> None:
-    overrides, variable = CASES[case]
-    rc, report, output = run_role(tmp_path, overrides)
-    assert rc != 0, f"{case}: the play succeeded\n{output[-3000:]}"
-    messages = report_failures(report)
-    assert messages, f"{case}: no failed task in the report\n{output[-3000:]}"
-    assert any(variable in m for m in messages), f"{case}: no failure names {variable}: {messages}"
-    stats = report["stats"]["localhost"]
-    assert stats["changed"] == 0, f"{case}: something changed before the failure: {stats}"
+def test_bad_variable_fails_in_preflight_naming_it(preflight: Run, case: str) -> None:
+    overrides, variable, reason = CASES[case]
+    host = HOSTS[case]
+    assert preflight.rc != 0
+    messages = report_failures(host_report(preflight.report, host))
+    assert messages, f"{case} ({host}): no failed task"
+    assert all(m.startswith(VARIABLE_CHECKS) for m in messages), f"{case}: not a variable check: {messages}"
     assert not any(m.startswith(HOST_CHECKS) for m in messages), f"{case}: failed on a host check: {messages}"
-    assert "s3cret-test-key" not in output, f"{case}: the API key leaked into the output"
+    named = [m for m in messages if variable in m]
+    assert named, f"{case}: no failure names {variable}: {messages}"
+    # The plan's message starts with the variable (after Ansible's "...filter ... failed: ").
+    plan = [m for m in named if m.startswith("[Check every variable")]
+    assert not plan or any(f"failed: {variable}" in m for m in plan), f"{case}: does not start with {variable}: {plan}"
+    assert any(reason in m for m in named), f"{case}: the failure does not say {reason!r}: {named}"
+    stats = preflight.report["stats"][host]
+    assert stats["changed"] == 0, f"{case}: something changed before the failure: {stats}"
+    assert stats["failures"] == 1, stats
+    secrets = [valid_key(host), *secrets_in(overrides)]
+    assert not leaked(preflight.output, secrets), f"{case}: a secret leaked into the output"
 
 
-def test_one_gpu_host_passes_the_gpu_checks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", list(VALID_CASES))
+def test_valid_variables_pass_the_variable_checks(preflight: Run, case: str) -> None:
+    """Valid configurations pass every variable check (they may stop at a host check here)."""
+    host = HOSTS[case]
+    messages = report_failures(host_report(preflight.report, host))
+    assert all(m.startswith(HOST_CHECKS) for m in messages), f"{case}: {messages}"
+    plan = [t for p in preflight.report["plays"] for t in p["tasks"] if "Check every variable and plan the instances" in t["task"]["name"]]
+    assert plan and not plan[0]["hosts"][host].get("failed"), f"{case}: the plan did not run"
+    read = [t for p in preflight.report["plays"] for t in p["tasks"] if t["task"]["name"].endswith("Read the host once (system, files, accounts, packages, units)")]
+    assert read and host in read[0]["hosts"], f"{case}: the host was not read after the variable checks"
+    assert preflight.report["stats"][host]["changed"] == 0
+    assert not leaked(preflight.output, [valid_key(host)]), f"{case}: the API key leaked into the output"
+
+
+def test_one_gpu_host_passes_the_gpu_checks(preflight: Run) -> None:
     """Control for the GPU cases: the same replayed host with tensor_parallel_size 1 passes them."""
-    rc, report, output = run_role(tmp_path, {"vllm_host_profile": "cuda"})
-    messages = report_failures(report)
-    assert not any("GPU" in m for m in messages), messages
-    gpu_task = [
-        t for p in report["plays"] for t in p["tasks"] if t["task"]["name"].endswith("Inventory the NVIDIA GPUs")
-    ]
-    assert gpu_task and gpu_task[0]["hosts"]["localhost"]["count"] == 1, output[-2000:]
-    assert rc == 0 or all(m.startswith(HOST_CHECKS) for m in messages), messages
+    for case in ("one H100, tensor parallel 1", "one H100 as device 0"):
+        host = HOSTS[case]
+        tasks = {t["task"]["name"].split(" : ", 1)[-1]: t["hosts"].get(host) for p in preflight.report["plays"] for t in p["tasks"]}
+        gpus = tasks["Inventory the NVIDIA GPUs"]
+        assert gpus and gpus["count"] == 1, f"{case}: {gpus}"
+        assert not tasks["Require enough GPUs for every instance's parallelism"].get("failed")
 
 
-def test_valid_variables_pass_the_variable_checks(tmp_path: Path) -> None:
-    """The baseline is valid: it passes every variable check (it may stop at a host check here)."""
-    rc, report, output = run_role(tmp_path, {})
-    messages = report_failures(report)
-    assert report.get("stats"), output[-3000:]
-    assert rc == 0 or all(m.startswith(HOST_CHECKS) for m in messages), f"{messages}\n{output[-2000:]}"
+def test_one_run_for_every_case(preflight: Run) -> None:
+    """Every case host is in the one run's stats, and the run stays quick (CI time)."""
+    assert set(preflight.report["stats"]) == set(HOSTS.values())
+    assert len(CASES) >= 65
+    assert preflight.seconds < 120, f"the preflight run took {preflight.seconds:.0f} s"

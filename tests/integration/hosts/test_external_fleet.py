@@ -1,0 +1,305 @@
+"""The external layout as production runs it, on three real systemd hosts serving a real vLLM (CPU build).
+
+Three nspawn test hosts get `playbooks/external.yml` with the production inventory's rollout settings
+(inventories/prod: one host per batch), read from an inventory group_vars file exactly as there, then the
+cases run in order on the deployed fleet:
+
+  a first host that fails its health gate stops the rollout, and the two others are untouched ->
+  the fixed run deploys one host per batch, in order -> every route of the running server, taken from
+  its own OpenAPI schema, answers 401 without the key through the TLS front (certificate verified with
+  the fleet's CA), /metrics only to the allowed scraper, and the engine port is unreachable from another
+  host -> a hung engine (SIGSTOP) is restarted by the watchdog, which never touches a deliberately
+  stopped instance -> a distinct secret in every place one can be given (API key, instance
+  environment, index URL credentials, Hugging Face token) appears nowhere: not in -vvv output, the JSON
+  callback, unit files, `systemctl show`, the journal, any process's command line, nor in any file that
+  is not root-only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from fleet_support import MODEL_DIR, ROOT, Fleet, booted_fleet, changed, failures
+
+FIXTURES = Path(os.environ["LLMOPS_FIXTURES"])
+HOSTS = ["fleet-1", "fleet-2", "fleet-3"]
+KEY = "fleet-test-key-0123456789abcdef"
+ENGINE_PORT = 18000  # 8000 + vllm_host_engine_port_offset
+# The production inventory's rollout settings that make sense on CPU test hosts.
+PROD_KEYS = ("llmops_rollout_batch", "model_sync_keep", "vllm_host_stop_timeout", "vllm_host_api_key_required")
+
+pytestmark = pytest.mark.hosts
+
+
+def prod_settings() -> dict:
+    group_vars = ROOT / "inventories" / "prod" / "group_vars"
+    path = group_vars / "vllm_hosts" / "main.yml"
+    if not path.exists():
+        path = group_vars / "vllm_hosts.yml"
+    settings = yaml.safe_load(path.read_text())
+    return {key: settings[key] for key in PROD_KEYS if key in settings}
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    for fleet in booted_fleet("fleet", {"vllm_hosts": HOSTS}, wheelhouse=True, env={"LLMOPS_DEMO_API_KEY": KEY}):
+        # An inventory directory of the test's own, like inventories/prod: group_vars read by Ansible itself.
+        inventory = fleet.state / "prod-settings"
+        (inventory / "group_vars").mkdir(parents=True, exist_ok=True)
+        (inventory / "host_vars").mkdir(parents=True, exist_ok=True)
+        (inventory / "hosts.yml").write_text(yaml.safe_dump({"vllm_hosts": {"hosts": {h: None for h in HOSTS}}}))
+        settings = prod_settings()
+        assert settings.get("llmops_rollout_batch") == 1, (
+            f"inventories/prod no longer rolls one host at a time: {settings}"
+        )
+        (inventory / "group_vars" / "vllm_hosts.yml").write_text(yaml.safe_dump(settings))
+        fleet.inventories.append(inventory)
+        yield fleet
+
+
+def play_tasks(report: dict, play_name: str) -> list:
+    plays = [p for p in report.get("plays", []) if p["play"]["name"] == play_name]
+    return [task for play in plays for task in play["tasks"]]
+
+
+DEPLOY_PLAY = "Deploy vLLM servers on the external fleet, batch by batch"
+
+
+def untouched(fleet: Fleet, host: str) -> str:
+    """What the deploy leaves on a host, listed; empty when the host was never touched."""
+    return fleet.ssh(
+        "ls -d /opt/vllm /etc/vllm /srv/vllm /etc/systemd/system/vllm@.service /etc/systemd/system/vllm-proxy.service "
+        "2>/dev/null; true",
+        host,
+    ).strip()
+
+
+def test_a_failing_first_host_stops_the_rollout_before_the_others(fleet: Fleet) -> None:
+    # fleet-1 gets a context length its model cannot have: vLLM refuses to start, the health gate fails.
+    host_vars = fleet.inventories[0] / "host_vars" / "fleet-1.yml"
+    host_vars.write_text(
+        yaml.safe_dump(
+            {
+                "vllm_host_server_defaults": {
+                    "dtype": "float32", "max_model_len": 100000, "max_num_seqs": 4, "enforce_eager": True,
+                    "kv_cache_memory_bytes": "64M",
+                },
+                "vllm_host_health_timeout": 60,
+            }
+        )
+    )  # fmt: skip
+    try:
+        rc, out, report = fleet.playbook("external.yml")
+    finally:
+        host_vars.unlink()
+    assert rc != 0, out[-3000:]
+    assert "health gate failed on fleet-1" in failures(report), failures(report) or out[-4000:]
+    deployed = {host for task in play_tasks(report, DEPLOY_PLAY) for host in task["hosts"]}
+    assert deployed == {"fleet-1"}, f"the deploy play reached {sorted(deployed)} after fleet-1 failed"
+    for host in HOSTS[1:]:
+        assert untouched(fleet, host) == "", f"{host} was changed: {untouched(fleet, host)}"
+
+
+def test_the_rollout_goes_one_host_per_batch_in_order(fleet: Fleet) -> None:
+    rc, out, report = fleet.playbook("external.yml")
+    assert rc == 0, failures(report) or out[-4000:]
+    tasks = play_tasks(report, DEPLOY_PLAY)
+    batches = [sorted(task["hosts"]) for task in tasks]
+    assert all(len(hosts) == 1 for hosts in batches), f"a task ran on several hosts at once: {batches}"
+    order = list(dict.fromkeys(hosts[0] for hosts in batches))
+    assert order == HOSTS, order
+    # Each host's batch ends before the next host's begins.
+    spans = {}
+    for task in tasks:
+        for host in task["hosts"]:
+            start, end = task["task"]["duration"]["start"], task["task"]["duration"]["end"]
+            first, last = spans.get(host, (start, end))
+            spans[host] = (min(first, start), max(last, end))
+    for earlier, later in zip(HOSTS, HOSTS[1:]):
+        assert spans[earlier][1] <= spans[later][0], f"{later} started before {earlier} finished: {spans}"
+    for host in HOSTS:
+        assert fleet.answer(KEY, host).strip()
+    rc, out, report = fleet.playbook("external.yml")
+    assert rc == 0 and changed(report) == 0, failures(report) or json.dumps(report.get("stats"))
+
+
+def openapi_routes(fleet: Fleet) -> list[tuple[str, str]]:
+    """(method, path) of every route the running server declares, from its own OpenAPI schema."""
+    schema = json.loads(fleet.ssh(f"curl -sf http://127.0.0.1:{ENGINE_PORT}/openapi.json", HOSTS[0]))
+    routes = []
+    for path, methods in schema["paths"].items():
+        concrete = re.sub(r"\{[^}]+\}", "some-id", path)
+        routes += [
+            (method.upper(), concrete) for method in methods if method in ("get", "post", "put", "delete", "patch")
+        ]
+    return sorted(routes)
+
+
+def test_every_route_is_locked_behind_the_key(fleet: Fleet) -> None:
+    routes = openapi_routes(fleet)
+    assert len(routes) >= 15 and ("POST", "/v1/completions") in routes and ("POST", "/invocations") in routes, routes
+    open_routes = {("GET", "/health")}
+    scrape_routes = {("GET", "/metrics")}
+    for method, path in routes:
+        body = {} if method in ("POST", "PUT", "PATCH") else None
+        status, payload = fleet.request(path, HOSTS[0], body=body, method=method)
+        if (method, path) in open_routes:
+            assert status == 200, f"{method} {path} without a key: HTTP {status}"
+        elif (method, path) in scrape_routes:
+            assert status == 200, f"{method} {path} from the allowed scraper (the controller): HTTP {status}"
+        else:
+            assert status == 401, f"{method} {path} without a key: HTTP {status} {str(payload)[:200]}"
+            wrong, _ = fleet.request(path, HOSTS[0], key=KEY[::-1], body=body, method=method)
+            assert wrong == 401, f"{method} {path} with a wrong key: HTTP {wrong}"
+    # With the key: the OpenAI routes work, vLLM's admin routes and everything outside /v1 stay closed.
+    assert fleet.request("/v1/models", HOSTS[0], KEY)[0] == 200
+    for method, path in [("POST", "/v1/load_lora_adapter"), ("POST", "/invocations"), ("POST", "/tokenize")]:
+        status, _ = fleet.request(path, HOSTS[0], KEY, body={}, method=method)
+        assert status == 404, f"{method} {path} with the key: HTTP {status}"
+    # Path tricks that could mean another route after decoding are refused before the key is even checked.
+    for path in ["/v1/../invocations", "/v1/%2e%2e/tokenize", "//health/../invocations"]:
+        status = fleet.ssh(
+            f"curl -s -o /dev/null -w '%{{http_code}}' --path-as-is --cacert /etc/vllm/proxy/ca.pem "
+            f"-H 'Authorization: Bearer {KEY}' https://127.0.0.1:8000{path}",
+            HOSTS[0],
+        )
+        assert status == "400", f"{path}: HTTP {status}"
+    # /metrics only for the allowed scrapers: fleet-2 is not one.
+    status = fleet.ssh(
+        f"curl -sk -o /dev/null -w '%{{http_code}}' https://{fleet.addresses[HOSTS[0]]}:8000/metrics", HOSTS[1]
+    )
+    assert status == "403", status
+    # The engine listens on loopback only: neither another host nor the controller reaches it.
+    out = fleet.ssh(f"curl -s -m 5 http://{fleet.addresses[HOSTS[0]]}:{ENGINE_PORT}/health; echo rc=$?", HOSTS[1])
+    assert "rc=7" in out or "rc=28" in out, f"the engine port answered another host: {out}"
+    with pytest.raises(OSError):
+        socket.create_connection((fleet.addresses[HOSTS[0]], ENGINE_PORT), timeout=5).close()
+    # TLS: verified with the fleet's CA; a client without it refuses the certificate.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        context = ssl.create_default_context()
+        with socket.create_connection((fleet.addresses[HOSTS[0]], 8000), timeout=5) as raw:
+            context.wrap_socket(raw, server_hostname=fleet.addresses[HOSTS[0]])
+    # The unit restricts the engine's peers to localhost (enforced where the kernel supports cgroup BPF).
+    props = fleet.ssh("systemctl show vllm@main -p IPAddressDeny -p IPAddressAllow -p SocketBindDeny", HOSTS[0])
+    assert "IPAddressDeny=0.0.0.0/0 ::/0" in props and "127.0.0.0/8" in props, props
+
+
+def engine_pid(fleet: Fleet, host: str) -> int:
+    return int(fleet.ssh("pgrep -f '^VLLM::EngineCore'", host).split()[0])
+
+
+def test_the_watchdog_restarts_a_hung_engine_and_leaves_a_stopped_one_alone(fleet: Fleet) -> None:
+    host = HOSTS[2]
+    restarts = int(fleet.ssh("systemctl show vllm@main -p NRestarts --value", host))
+    fleet.ssh(f"kill -STOP {engine_pid(fleet, host)}", host)
+    stopped_at = time.monotonic()
+    # /health still answers while completions hang: what the watchdog is for.
+    assert fleet.request("/health", host)[0] == 200
+    recovered = None
+    while time.monotonic() - stopped_at < 300:
+        try:
+            status, _ = fleet.request(
+                "/v1/completions", host, KEY, {"model": "tiny", "prompt": "hi", "max_tokens": 2}, timeout=5
+            )
+        except OSError:
+            status = None
+        if status == 200:
+            recovered = time.monotonic() - stopped_at
+            break
+        time.sleep(2)
+    journal = fleet.ssh("journalctl --no-pager -o cat -u vllm-watchdog@main", host)
+    assert recovered is not None, f"no recovery within 300 s\n{journal[-3000:]}"
+    print(f"hung engine serving again {recovered:.1f} s after SIGSTOP (watchdog defaults)")
+    assert "consecutive probes failed" in journal and "killing PID" in journal, journal[-3000:]
+    assert int(fleet.ssh("systemctl show vllm@main -p NRestarts --value", host)) == restarts + 1
+
+    # A deliberate stop is not undone: three intervals later the instance is still stopped.
+    fleet.ssh("systemctl stop vllm@main", host)
+    time.sleep(35)
+    assert fleet.ssh("systemctl is-active vllm@main || true", host).strip() == "inactive"
+    fleet.ssh("systemctl start vllm@main", host)
+
+
+SECRET_PLACES = ("vllm_host_api_key", "instance environment", "index URL credentials", "vllm_host_hf_token")
+
+
+def secrets(tag: str) -> dict[str, str]:
+    return {place: f"{tag}{i}x{os.urandom(6).hex()}secret" for i, place in enumerate(SECRET_PLACES)}
+
+
+def secret_vars(fleet: Fleet, values: dict[str, str], remove: list[str]) -> dict:
+    return {
+        "vllm_host_api_key": values["vllm_host_api_key"],
+        "vllm_host_hf_token": values["vllm_host_hf_token"],
+        "vllm_host_instances": [
+            {"name": "main", "port": 8000, "environment": {"LLMOPS_TEST_SECRET": values["instance environment"]}}
+        ],
+        "vllm_host_pip_index_url": f"http://llmops:{values['index URL credentials']}@10.200.0.1:8765/simple/",
+        # A different list of packages to remove makes the role run pip again, with the index configured.
+        "vllm_host_pip_remove": remove,
+    }  # fmt: skip
+
+
+def surfaces(fleet: Fleet, host: str) -> str:
+    return fleet.ssh(
+        "systemctl cat vllm@main vllm-proxy vllm-watchdog@main.service vllm-watchdog@main.timer vllm-failed@main; "
+        "systemctl show vllm@main vllm-proxy vllm-watchdog@main.service; journalctl --no-pager -o verbose; "
+        "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null; echo; done | "
+        "grep -v '^$'; true",
+        host,
+    )
+
+
+def files_holding(fleet: Fleet, host: str, secret: str) -> list[str]:
+    out = fleet.ssh(
+        f"grep -rlsF --exclude-dir=proc --exclude-dir=sys -e '{secret}' /etc /opt /var /srv /run /root /home /tmp | "
+        "xargs -r stat -c '%a %U %n'",
+        host,
+    )
+    return out.splitlines()
+
+
+def test_no_secret_reaches_any_output(fleet: Fleet) -> None:
+    host = HOSTS[1]
+    verbose, report_run = secrets("vvv"), secrets("json")
+    rc, out_verbose, _ = fleet.playbook(
+        "external.yml", "-vvv", "--limit", host, callback="ansible.builtin.default",
+        **secret_vars(fleet, verbose, ["llmops-no-such-package-a"]),
+    )  # fmt: skip
+    assert rc == 0, out_verbose[-4000:]
+    rc, out_json, report = fleet.playbook(
+        "external.yml", "--limit", host, **secret_vars(fleet, report_run, ["llmops-no-such-package-b"])
+    )
+    assert rc == 0, failures(report) or out_json[-4000:]
+    assert fleet.answer(report_run["vllm_host_api_key"], host).strip()
+    assert "pip" in out_verbose and "PIP_CONFIG_FILE" in out_verbose, "pip did not run in the -vvv run"
+    seen = surfaces(fleet, host)
+    leaks = []
+    for values in (verbose, report_run):
+        for place, secret in values.items():
+            for where, text in (
+                ("-vvv output", out_verbose),
+                ("JSON callback output", out_json),
+                ("host surfaces", seen),
+            ):
+                if secret in text:
+                    leaks.append(f"{place} in the {where}")
+            for entry in files_holding(fleet, host, secret):
+                mode, owner, path = entry.split(" ", 2)
+                if mode != "600" or owner != "root":
+                    leaks.append(f"{place} in {path} (mode {mode}, owner {owner})")
+    assert not leaks, leaks
+    # The secrets do live where they belong: root-only files.
+    assert files_holding(fleet, host, report_run["vllm_host_api_key"]), "the API key is in no file at all"
+    # Put the fleet's usual settings back.
+    rc, out, report = fleet.playbook("external.yml", "--limit", host)
+    assert rc == 0, failures(report) or out[-4000:]
+    assert fleet.current(host).startswith("versions/") and MODEL_DIR
