@@ -42,11 +42,11 @@ RECORDED = "source manifest already recorded"
 # The role's tasks on the cold path (name prefixes), timed from the JSON callback.
 STEPS = {
     "manifest": "Build the manifest of the source on the source host",
-    "lookup": "Look up the version in the host's model store",
+    "lookup": "Lock and read the host's model store",
     "room": "Require room",
     "rsync_pkg": "Install rsync",
-    "dirs": "Create the model directories",
-    "copy": "Copy into staging from the source host",
+    "dirs": "Remove staging copies abandoned",
+    "copy": "Copy from the source host into staging",
     "verify": "Verify the copy against the source manifest",
     "install": "Flush the verified copy to disk",
     "switch": "Switch `current`",

@@ -5,7 +5,8 @@ that sends completions continuously, round-robin across the two hosts the way a 
 moving a request to the other host when its connection fails (refused, reset, closed mid-request).
 While it runs, playbooks/promote.yml rolls tiny-v2 across the fleet one host at a time. Prints the
 requests sent, moved to the other host, and failed (failed = no host could answer it), and which
-model version answered before and after. Prints figures; asserts nothing.
+model version answered before and after, and whether the hosts' liveness watchdogs (on, with their
+defaults) restarted anything (they must not: load is not a hang). Prints figures; asserts nothing.
 
     scripts/run python benchmarks/rolling_promotion_load.py [--keep]
 """
@@ -17,6 +18,7 @@ import collections
 import http.client
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -47,25 +49,33 @@ def playbook(state: Path, name: str, **extra: str) -> int:
     return subprocess.run(cmd, cwd=ROOT, check=False, stdout=subprocess.DEVNULL).returncode
 
 
+# Each host's TLS front is verified with the benchmark fleet's own CA (set in main()).
+TLS: list[ssl.SSLContext] = []
+
+
 def complete(address: str) -> str:
     request = urllib.request.Request(
-        f"http://{address}:8000/v1/completions",
+        f"https://{address}:8000/v1/completions",
         data=json.dumps({"model": "tiny", "prompt": "hello world", "max_tokens": 4, "temperature": 0}).encode(),
         headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=30, context=TLS[0]) as response:
         return json.load(response)["choices"][0]["text"]
 
 
 def is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, urllib.error.HTTPError):
-        return False
+        # The host's proxy answers 503 itself while its engine is down: nothing reached vLLM, so a balancer
+        # retries it elsewhere, like a refused connection.
+        return exc.code == 503 and "vLLM" not in exc.read().decode(errors="replace")
     if isinstance(exc, urllib.error.URLError):
         return isinstance(exc.reason, (*CONNECTION_ERRORS, OSError))
     return isinstance(exc, CONNECTION_ERRORS)
 
 
 def refused(exc: BaseException) -> bool:
+    if isinstance(exc, urllib.error.HTTPError):
+        return True  # the proxy's own 503: the engine was not listening
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     return isinstance(reason, ConnectionRefusedError)
 
@@ -125,6 +135,7 @@ def main() -> int:
     state = Path(os.environ["LLMOPS_CACHE"]) / "bench-load"
     fixtures = Path(os.environ["LLMOPS_FIXTURES"]) / "models"
     os.environ["LLMOPS_DEMO_API_KEY"] = KEY
+    os.environ["LLMOPS_TLS_CA_DIR"] = str(state / "tls")
     subprocess.run(["python3", str(CLI), "destroy", "--prefix", PREFIX, "--state-dir", str(state)],
                    check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -149,6 +160,7 @@ def main() -> int:
         log("deploying tiny on both hosts (external.yml)")
         if playbook(state, "external.yml", model_sync_source=str(fixtures / "tiny")) != 0:
             sys.exit("external.yml failed")
+        TLS.append(ssl.create_default_context(cafile=str(state / "tls" / "ca.pem")))
         before = complete(addresses[0])
         pool_dir = state / "lb-pool"
         pool_dir.mkdir(exist_ok=True)
@@ -168,6 +180,16 @@ def main() -> int:
         client.stop.set()
         client.join()
         after = [complete(a) for a in addresses]
+        watchdog = {}
+        for host, address in zip(HOSTS, addresses):
+            out = subprocess.run(
+                ["ssh", "-i", str(state / "id_ed25519"), "-o", "StrictHostKeyChecking=no",
+                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{address}",
+                 "journalctl -o cat -u vllm-watchdog@main | grep -c 'killing PID' || true; "
+                 "journalctl -o cat -u vllm-watchdog@main | grep -c 'probe .* failed' || true"],
+                capture_output=True, text=True, check=False,
+            ).stdout.split()  # fmt: skip
+            watchdog[host] = {"restarts by the watchdog": out[0] if out else "?", "failed probes": out[1:2]}
     finally:
         if not args.keep:
             subprocess.run(["python3", str(CLI), "destroy", "--prefix", PREFIX, "--state-dir", str(state)],
@@ -180,6 +202,7 @@ def main() -> int:
           f" failed {len(client.failed)}")  # fmt: skip
     print(f"answers by version during the run: {dict(versions)}")
     print(f"after: both hosts answer v2: {all(a != before for a in after) and len(set(after)) == 1}")
+    print(f"liveness watchdogs (on, defaults) during the run: {watchdog}")
     for failure in client.failed[:10]:
         print(f"  failed: {failure}")
     return 0

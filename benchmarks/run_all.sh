@@ -37,6 +37,7 @@ cd "$LLMOPS_ROOT" || exit 1
 declare -A QUICK=(
     [cold_sync]="--size-gib 0.5 --shards 4 --repeat 1 --resyncs 2"
     [external_rerun]="--runs 1"
+    [fleet_sync]="--size-mib 128"
     [manifest_hashing]="--size-gib 0.25 --repeat 1"
     [readiness_lag]="--runs 3"
 )
@@ -90,12 +91,9 @@ fi
 # The arguments of one benchmark, into the array `args` (and `shown`, for printing).
 arguments_of() {
     local name="$1" override_var="LLMOPS_BENCH_ARGS_${1//[^A-Za-z0-9_]/_}" line=""
-    args=()
     if [ "$help_only" -eq 1 ]; then
-        args=(--help)
-        return
-    fi
-    if [ -n "${!override_var+set}" ]; then
+        line="--help"
+    elif [ -n "${!override_var+set}" ]; then
         line="${!override_var}"
     elif [ "$full" -eq 0 ]; then
         line="${QUICK[$name]:-}"

@@ -26,10 +26,11 @@ from ansible_collections.llmops.platform.plugins.module_utils.vllm_host_plan imp
     _text,
     _within,
     check_path,
+    hidden_by_sandbox,
 )
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def plan_sync(s: Dict[str, Any], inventory_hosts: Any = ()) -> Dict[str, Any]:
@@ -38,6 +39,13 @@ def plan_sync(s: Dict[str, Any], inventory_hosts: Any = ()) -> Dict[str, Any]:
     if not NAME_RE.match(name):
         _fail("model_sync_name", f"must be a plain directory name (letters, digits, . _ -), got {name!r}")
     root = check_path(s["root"], "model_sync_root")
+    hidden = hidden_by_sandbox(root)
+    if hidden:
+        _fail(
+            "model_sync_root",
+            f"{root} is under {hidden}, which the vllm@ unit's sandbox hides (ProtectHome, PrivateTmp): the "
+            "instances could not read the models synced there; use a directory such as /srv/vllm/models",
+        )
     location = s["source_location"]
     if location not in ("controller", "host", "remote"):
         _fail("model_sync_source_location", f"must be controller, host or remote, got {location!r}")

@@ -85,21 +85,33 @@ RESERVED_ENVIRONMENT = {
     "HUGGING_FACE_HUB_TOKEN": "vllm_host_hf_token",
     "CUDA_VISIBLE_DEVICES": "the instance's `devices`",
 }
+# Environment variables that name directories the server writes (caches, its home): an override must stay
+# writable inside the unit's sandbox.
+WRITABLE_ENVIRONMENT = (
+    "HOME",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "TRANSFORMERS_CACHE",
+    "VLLM_CACHE_ROOT",
+    "XDG_CACHE_HOME",
+)
 INSTANCE_KEYS = ("name", "devices", "environment")
-INSTANCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+INSTANCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
+ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # A pinned release as pip's `==` reads it: 0.32.0, 0.32.0.post1, 0.33.0rc1, 0.32.0+cpu. Not `latest`,
 # not a range, not a wildcard.
-VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+){1,3}((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?(\+[A-Za-z0-9.]+)?$")
-PACKAGE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+){1,3}((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?(\+[A-Za-z0-9.]+)?\Z")
+PACKAGE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?\Z")
 # Characters that break (or change the meaning of) a unit file, a drop-in line or an environment file.
 UNSAFE_PATH_CHARS = re.compile(r"[\s\"'\\%$;`*?\[\]{}<>|&#]")
-ROUTE_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.@%-]{1,200}\.(service|target|socket|timer|path)\Z")
+ROUTE_RE = re.compile(r"^/[A-Za-z0-9._~/-]*\Z")
 # A model that is not an absolute path is a Hugging Face repository id: `name` or `org/name`.
-HF_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+HF_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?\Z")
 HOSTNAME_RE = re.compile(
-    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
 )
 # The first served model name goes unquoted into the watchdog's environment file, where systemd reads
 # quotes and backslashes as syntax.
@@ -110,8 +122,16 @@ ANY_ADDRESSES = ("0.0.0.0", "::", "*")  # noqa: S104 - names of the wildcard add
 # Wildcards that listen on IPv4 only (HAProxy's `*` and an empty address are IPv4; uvicorn's 0.0.0.0 too).
 IPV4_ANY_ADDRESSES = ("0.0.0.0", "*")  # noqa: S104 - names of the wildcard address, not a bind
 # Key and token material ends up in a HAProxy list file and an environment file, one per line.
-SECRET_RE = re.compile(r"^[\x21-\x7e]+$")
+SECRET_RE = re.compile(r"^[\x21-\x7e]+\Z")
 MIN_KEY_LENGTH = 16
+
+
+def _type_name(value: Any) -> str:
+    """``str`` for Ansible's tagged ``_AnsibleTaggedStr`` too: the builtin type a user would recognize."""
+    for cls in type(value).__mro__:
+        if cls.__module__ == "builtins" and cls is not object:
+            return cls.__name__
+    return type(value).__name__
 
 
 def _fail(where: str, message: str) -> None:
@@ -128,7 +148,7 @@ def _as_int(value: Any, where: str, minimum: Optional[int] = None, maximum: Opti
     ):
         number = int(value)
     if number is None:
-        _fail(where, f"must be an integer, got {type(value).__name__} {value!r}")
+        _fail(where, f"must be an integer, got {_type_name(value)} {value!r}")
     if minimum is not None and number < minimum:
         _fail(where, f"must be at least {minimum}, got {number}")
     if maximum is not None and number > maximum:
@@ -141,19 +161,19 @@ def _as_bool(value: Any, where: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
         return value.strip().lower() in ("true", "yes", "on", "1")
-    _fail(where, f"must be a boolean, got {type(value).__name__} {value!r}")
+    _fail(where, f"must be a boolean, got {_type_name(value)} {value!r}")
     return False  # pragma: no cover
 
 
 def _as_list(value: Any, where: str) -> list:
     if isinstance(value, (str, bytes, dict)) or not isinstance(value, (list, tuple)):
-        _fail(where, f"must be a list, got {type(value).__name__} {value!r}")
+        _fail(where, f"must be a list, got {_type_name(value)} {value!r}")
     return list(value)
 
 
 def _text(value: Any, where: str, allow_empty: bool = True) -> str:
     if not isinstance(value, str):
-        _fail(where, f"must be a string, got {type(value).__name__} {value!r}")
+        _fail(where, f"must be a string, got {_type_name(value)} {value!r}")
     if not allow_empty and not value:
         _fail(where, "must not be empty")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
@@ -199,7 +219,7 @@ def check_path(value: Any, where: str, *, allow_system: bool = False) -> str:
 
 def check_secret(value: Any, where: str, min_length: int = 0) -> str:
     if not isinstance(value, str):
-        _fail(where, f"must be a string, got {type(value).__name__}")
+        _fail(where, f"must be a string, got {_type_name(value)}")
     if value and not SECRET_RE.match(value):
         _fail(where, "must be printable ASCII without spaces, quotes being fine (it is written one per line)")
     if value and min_length and len(value) < min_length:
@@ -214,7 +234,7 @@ def _check_environment(env: Any, where: str) -> Dict[str, str]:
     if env is None:
         return {}
     if not isinstance(env, dict):
-        _fail(where, f"must be a mapping of variable name to value, got {type(env).__name__}")
+        _fail(where, f"must be a mapping of variable name to value, got {_type_name(env)}")
     for key in sorted(env, key=str):
         key_where = f"{where}.{key}"
         if not isinstance(key, str) or not ENV_KEY_RE.match(key):
@@ -223,7 +243,7 @@ def _check_environment(env: Any, where: str) -> Dict[str, str]:
             _fail(key_where, f"is set by the role; use {RESERVED_ENVIRONMENT[key]} instead")
         value = env[key]
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            _fail(key_where, f"must be a string or a number, got {type(value).__name__}")
+            _fail(key_where, f"must be a string or a number, got {_type_name(value)}")
         text = str(value)
         if any(ord(c) < 32 or ord(c) == 127 for c in text):
             # Not echoed: an environment value may be a secret.
@@ -319,13 +339,30 @@ def _sets_pip_index(word: str) -> bool:
     return len(name) >= len("--ind") and any(option.startswith(name) for option in ("--index-url", "--extra-index-url"))
 
 
-def _is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
+def _reaches(client: str, listen: str) -> bool:
+    """Whether a client connecting to ``client`` reaches a socket bound to ``listen`` (not a wildcard).
+
+    A socket bound to 127.0.0.1 answers neither ::1 nor 127.0.0.2; only the name ``localhost`` stands for
+    either loopback address (the client tries each address it resolves to).
+    """
+    if client == listen:
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    if client == "localhost":
+        return listen in LOOPBACK_NAMES
+    return listen == "localhost" and client in LOOPBACK_NAMES
+
+
+def _check_writable_environment(env: Any, where: str, writable: List[str]) -> None:
+    """Cache and home directories set in an environment must be writable inside the unit's sandbox."""
+    for key in sorted(k for k in (env or {}) if k in WRITABLE_ENVIRONMENT):
+        value = str(env[key])
+        if not value.startswith("/") or not any(_within(posixpath.normpath(value), path) for path in writable):
+            _fail(
+                f"{where}.{key}",
+                f"{value} is not writable by the server: the vllm@ unit makes everything read-only "
+                "(ProtectSystem=strict) but vllm_host_state_dir, vllm_host_extra_read_write_paths and its private "
+                f"temporary directories; put it under {writable[0]}",
+            )
 
 
 def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
@@ -335,6 +372,7 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
     engine_port, probe_url (the engine itself, for the watchdog), gate_url (what the health gate calls)),
     and ``proxy``/``tls`` switches. Raises HostPlanError on the first problem.
     """
+    s = dict(s)  # the integers are normalized in place below; the caller's settings stay as they were
     profile = s["profile"]
     if profile not in ("cuda", "cpu"):
         _fail("vllm_host_profile", f"must be cuda or cpu, got {profile!r}")
@@ -368,15 +406,15 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
                     "(the state directory belongs to the service user, the others to root)",
                 )
     for var, use in (
-        ("install", "run the virtualenv's server and watchdog from"),
-        ("state", "use as its working directory and cache"),
+        ("install", "run the virtualenv (server and watchdog) from it"),
+        ("state", "use it as its working directory and cache"),
     ):
         hidden = hidden_by_sandbox(dirs[var])
         if hidden:
             _fail(
                 f"vllm_host_{var}_dir",
                 f"{dirs[var]} is under {hidden}, which the sandbox of the vllm@ and watchdog units hides "
-                f"(ProtectHome, PrivateTmp); the server could not {use} it",
+                f"(ProtectHome, PrivateTmp); the server could not {use}",
             )
     python = check_path(s["python"], "vllm_host_python", allow_system=True)
     hidden = hidden_by_sandbox(python)
@@ -419,7 +457,19 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
             )
 
     proxy = _as_bool(s["proxy"], "vllm_host_proxy")
-    tls = _as_bool(s["tls"], "vllm_host_tls") and proxy
+    tls = _as_bool(s["tls"], "vllm_host_tls")
+    if tls and not proxy:
+        _fail(
+            "vllm_host_tls",
+            "is true but vllm_host_proxy is false: TLS is terminated by the proxy, so the engine would serve plain "
+            "HTTP; keep the proxy, or set vllm_host_tls to false as well (plain HTTP, not recommended)",
+        )
+    for i, unit in enumerate(_as_list(s.get("on_failure_units", []), "vllm_host_on_failure_units")):
+        if not isinstance(unit, str) or not UNIT_NAME_RE.match(unit):
+            _fail(
+                f"vllm_host_on_failure_units[{i}]",
+                f"must be a systemd unit name such as notify-oncall@%i.service (it goes into OnFailure=), got {unit!r}",
+            )
     key_required = _as_bool(s["api_key_required"], "vllm_host_api_key_required")
     api_key = check_secret(s["api_key"], "vllm_host_api_key", MIN_KEY_LENGTH)
     if key_required and not api_key:
@@ -431,7 +481,7 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
     check_secret(s["hf_token"], "vllm_host_hf_token")
 
     pip_index = _text(s["pip_index_url"], "vllm_host_pip_index_url")
-    if pip_index and not re.match(r"^https?://[^\s]+$", pip_index):
+    if pip_index and not re.match(r"^https?://[^\s]+\Z", pip_index):
         _fail("vllm_host_pip_index_url", f"must be an http(s) URL, got a {len(pip_index)}-character value")
     for var in ("pip_find_links", "pip_extra_args"):
         for i, value in enumerate(_as_list(s[var], "vllm_host_" + var)):
@@ -521,7 +571,7 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(server_defaults, dict):
         _fail(
             "vllm_host_server_defaults",
-            f"must be a mapping of server configuration keys, got {type(server_defaults).__name__}",
+            f"must be a mapping of server configuration keys, got {_type_name(server_defaults)}",
         )
     if proxy and "host" in server_defaults:
         _fail(
@@ -530,6 +580,8 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
         )
 
     base_env = _check_environment(s["environment"], "vllm_host_environment")
+    writable = [dirs["state"], *rw_paths, "/tmp", "/var/tmp"]  # noqa: S108 - PrivateTmp: the unit's own
+    _check_writable_environment(base_env, "vllm_host_environment", writable)
     del base_env  # checked, never returned (values may be secrets)
 
     instances = _as_list(s["instances"], "vllm_host_instances")
@@ -541,7 +593,7 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
     for idx, inst in enumerate(instances):
         where = f"vllm_host_instances[{idx}]"
         if not isinstance(inst, dict):
-            _fail(where, f"must be a mapping with at least a `name`, got {type(inst).__name__}")
+            _fail(where, f"must be a mapping with at least a `name`, got {_type_name(inst)}")
         name = inst.get("name")
         if not isinstance(name, str) or not INSTANCE_NAME_RE.match(name):
             _fail(
@@ -563,7 +615,9 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
                     f"GPU {device} is already given to vllm@{used_devices[device]}; each GPU serves one instance",
                 )
             used_devices[device] = name
-        _check_environment(inst.get("environment"), where + ".environment")
+        _check_writable_environment(
+            _check_environment(inst.get("environment"), where + ".environment"), where + ".environment", writable
+        )
 
         own = {k: v for k, v in inst.items() if k not in INSTANCE_KEYS}
         if proxy and "host" in own:
@@ -672,7 +726,7 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
             )
         if listen in ANY_ADDRESSES:
             continue
-        if health_host != listen and not (_is_loopback(listen) and _is_loopback(health_host)):
+        if not _reaches(health_host, listen):
             _fail(
                 "vllm_host_health_host",
                 "{} is not where vllm@{} listens ({}); the health gate would find nothing".format(

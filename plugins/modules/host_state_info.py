@@ -69,11 +69,16 @@ options:
     description: Files larger than this are described but not hashed.
     type: int
     default: 16777216
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
+    details: Only reads; reads the same in check mode.
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""
@@ -193,10 +198,13 @@ def describe(path, max_hash_bytes):
         result["type"] = "file"
         if info.st_size <= max_hash_bytes:
             digest = hashlib.sha1()  # noqa: S324 - compared with Ansible's own sha1 checksums, not for security
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            result["sha1"] = digest.hexdigest()
+            try:
+                with open(path, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                result["sha1"] = digest.hexdigest()
+            except OSError:
+                pass  # unreadable (not root): described without a checksum, so needs_write says it differs
     else:
         result["type"] = "other"
     return result
@@ -249,8 +257,13 @@ def units_state(units):
         text=True,
         check=False,
     )
+    blocks = proc.stdout.strip("\n").split("\n\n") if proc.stdout.strip() else []
+    if proc.returncode != 0 or len(blocks) != len(units):
+        # No systemd to ask (a container, a chroot) or an answer that cannot be matched to the names: report no
+        # unit rather than one unit's state under another's name.
+        return {}
     result = {}
-    for block, unit in zip(proc.stdout.split("\n\n"), units):
+    for block, unit in zip(blocks, units):
         props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         result[unit] = {
             "load": props.get("LoadState", ""),
@@ -335,15 +348,19 @@ def main():
         "cpu_flags": cpu_flags(),
     }
     if params["python"]:
-        proc = subprocess.run(
-            [params["python"], "-c", 'import sys, venv; print("%d.%d" % sys.version_info[:2])'],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        result["python_version"] = proc.stdout.strip() if proc.returncode == 0 else None
+        try:
+            proc = subprocess.run(
+                [params["python"], "-c", 'import sys, venv; print("%d.%d" % sys.version_info[:2])'],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            result["python_version"] = proc.stdout.strip() if proc.returncode == 0 else None
+        except OSError:  # missing or not executable: "cannot run", which preflight reports
+            result["python_version"] = None
     if params["disk_path"]:
-        path = params["disk_path"]
+        # Absolute first: the parents of a relative path end in '', which never exists.
+        path = os.path.abspath(params["disk_path"])
         while not os.path.exists(path):
             path = os.path.dirname(path)
         result["free_mb"] = shutil.disk_usage(path).free // 1048576

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: (c) 2026, llmops.platform maintainers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Liveness watchdog of one vLLM instance: vllm-watchdog@NAME.service, started by its timer.

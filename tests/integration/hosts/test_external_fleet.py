@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fleet_support import MODEL_DIR, ROOT, Fleet, booted_fleet, changed, failures
+from fleet_support import ROOT, Fleet, booted_fleet, changed, failures
 
 FIXTURES = Path(os.environ["LLMOPS_FIXTURES"])
 HOSTS = ["fleet-1", "fleet-2", "fleet-3"]
@@ -92,7 +92,7 @@ def test_a_failing_first_host_stops_the_rollout_before_the_others(fleet: Fleet) 
                     "dtype": "float32", "max_model_len": 100000, "max_num_seqs": 4, "enforce_eager": True,
                     "kv_cache_memory_bytes": "64M",
                 },
-                "vllm_host_health_timeout": 60,
+                "vllm_host_health_timeout": 30,
             }
         )
     )  # fmt: skip
@@ -157,12 +157,12 @@ def test_every_route_is_locked_behind_the_key(fleet: Fleet) -> None:
             assert status == 200, f"{method} {path} from the allowed scraper (the controller): HTTP {status}"
         else:
             assert status == 401, f"{method} {path} without a key: HTTP {status} {str(payload)[:200]}"
-            wrong, _ = fleet.request(path, HOSTS[0], key=KEY[::-1], body=body, method=method)
+            wrong, _payload = fleet.request(path, HOSTS[0], key=KEY[::-1], body=body, method=method)
             assert wrong == 401, f"{method} {path} with a wrong key: HTTP {wrong}"
     # With the key: the OpenAI routes work, vLLM's admin routes and everything outside /v1 stay closed.
     assert fleet.request("/v1/models", HOSTS[0], KEY)[0] == 200
     for method, path in [("POST", "/v1/load_lora_adapter"), ("POST", "/invocations"), ("POST", "/tokenize")]:
-        status, _ = fleet.request(path, HOSTS[0], KEY, body={}, method=method)
+        status, _payload = fleet.request(path, HOSTS[0], KEY, body={}, method=method)
         assert status == 404, f"{method} {path} with the key: HTTP {status}"
     # Path tricks that could mean another route after decoding are refused before the key is even checked.
     for path in ["/v1/../invocations", "/v1/%2e%2e/tokenize", "//health/../invocations"]:
@@ -206,7 +206,7 @@ def test_the_watchdog_restarts_a_hung_engine_and_leaves_a_stopped_one_alone(flee
     recovered = None
     while time.monotonic() - stopped_at < 300:
         try:
-            status, _ = fleet.request(
+            status, _payload = fleet.request(
                 "/v1/completions", host, KEY, {"model": "tiny", "prompt": "hi", "max_tokens": 2}, timeout=5
             )
         except OSError:
@@ -221,9 +221,9 @@ def test_the_watchdog_restarts_a_hung_engine_and_leaves_a_stopped_one_alone(flee
     assert "consecutive probes failed" in journal and "killing PID" in journal, journal[-3000:]
     assert int(fleet.ssh("systemctl show vllm@main -p NRestarts --value", host)) == restarts + 1
 
-    # A deliberate stop is not undone: three intervals later the instance is still stopped.
+    # A deliberate stop is not undone: after more than two probe intervals the instance is still stopped.
     fleet.ssh("systemctl stop vllm@main", host)
-    time.sleep(35)
+    time.sleep(25)
     assert fleet.ssh("systemctl is-active vllm@main || true", host).strip() == "inactive"
     fleet.ssh("systemctl start vllm@main", host)
 
@@ -270,7 +270,7 @@ def files_holding(fleet: Fleet, host: str, secret: str) -> list[str]:
 def test_no_secret_reaches_any_output(fleet: Fleet) -> None:
     host = HOSTS[1]
     verbose, report_run = secrets("vvv"), secrets("json")
-    rc, out_verbose, _ = fleet.playbook(
+    rc, out_verbose, _report = fleet.playbook(
         "external.yml", "-vvv", "--limit", host, callback="ansible.builtin.default",
         **secret_vars(fleet, verbose, ["llmops-no-such-package-a"]),
     )  # fmt: skip
@@ -299,7 +299,3 @@ def test_no_secret_reaches_any_output(fleet: Fleet) -> None:
     assert not leaks, leaks
     # The secrets do live where they belong: root-only files.
     assert files_holding(fleet, host, report_run["vllm_host_api_key"]), "the API key is in no file at all"
-    # Put the fleet's usual settings back.
-    rc, out, report = fleet.playbook("external.yml", "--limit", host)
-    assert rc == 0, failures(report) or out[-4000:]
-    assert fleet.current(host).startswith("versions/") and MODEL_DIR

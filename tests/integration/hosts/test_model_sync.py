@@ -11,7 +11,8 @@ differently):
   a corrupted copy in staging (same size and mtime, so rsync's quick check trusts it) is rejected by the
   manifest check with nothing switched, and the re-run completes -> a copy killed midway (the
   receiving rsync SIGKILLed while the weights are in flight) keeps the old version serving and a re-run
-  completes -> too little disk fails before copying.
+  completes -> two promotions started at once never interleave (the store's lock) -> too little disk
+  fails before copying.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,13 +37,7 @@ HOOKS = Path(__file__).resolve().parent / "hooks"
 
 
 def answer(fleet: Fleet) -> str:
-    request = urllib.request.Request(
-        f"http://{fleet.address}:8000/v1/completions",
-        data=json.dumps({"model": "tiny", "prompt": "hello world", "max_tokens": 8, "temperature": 0}).encode(),
-        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.load(response)["choices"][0]["text"]
+    return fleet.answer(KEY)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +67,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data[-100] ^= 0xFF
     weights.write_bytes(bytes(data))
     out["tiny-flipped"] = bad
+    # Two more versions for the concurrent promotions: tiny-v2's and tiny's weights with their own READMEs.
+    for name, weights in (("tiny-v5", "tiny-v2"), ("tiny-v6", "tiny")):
+        shutil.copytree(out[weights], base / name)
+        (base / name / "README.md").write_text(f"tiny test model, {name}\n")
+        out[name] = base / name
     return out
 
 
@@ -164,7 +163,7 @@ def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0, out[-4000:] + err[-2000:]
     report = json.loads(out) if out.lstrip().startswith("{") else {}
-    assert "Copy into staging" in failures(report), failures(report) or out[-4000:]
+    assert "into staging" in failures(report), failures(report) or out[-4000:]
     assert int(fleet.ssh(f"du -sb {staging} | cut -f1")) < weights_size + 20_000  # a partial copy was left
     assert fleet.current() == f"versions/{v3_version}" and answer(fleet) == text_v2
     rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v4"]))
@@ -173,14 +172,47 @@ def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None
     assert answer(fleet) == text_v1  # same weights as v1
     assert f".staging-{v4_version}" not in fleet.ssh(f"ls -a {MODEL_DIR}")
 
-    # 8. Too little disk: fails before copying anything.
+    # 8. Two promotions against one host at once: the second waits for the first's lock on the store, so they
+    #    never interleave. Sampled while both run, `current` always names a complete, verified version and at
+    #    most one staging copy exists; at the end the later run switched from the earlier run's version.
+    v5_version, v6_version = digest(models["tiny-v5"])[:16], digest(models["tiny-v6"])[:16]
+    runs = [fleet.start_playbook("promote.yml", model_sync_source=str(models[name])) for name in ("tiny-v5", "tiny-v6")]
+    samples: list[str] = []
+    probe = (
+        f"cd {MODEL_DIR} && t=$(readlink current) && test -f $t/.llmops-verified && echo ok $t || echo BAD $t; "
+        "ls -a | grep -c '^.staging-' || true"
+    )
+    while any(run.poll() is None for run in runs):
+        samples.append(fleet.ssh(probe))
+        time.sleep(0.3)
+    outputs = [run.communicate() for run in runs]
+    reports = [json.loads(out) if out.lstrip().startswith("{") else {} for out, _err in outputs]
+    for run, (out, err), report in zip(runs, outputs, reports):
+        assert run.returncode == 0, failures(report) or out[-3000:] + err[-2000:]
+    bad = [sample for sample in samples if "BAD" in sample or int(sample.split()[-1]) > 1]
+    assert samples and not bad, bad
+    waited = [
+        result.get("waited", 0)
+        for report in reports
+        for task in report["plays"][1]["tasks"]
+        if task["task"]["name"].endswith("Lock and read the host's model store, waiting for another run up to (s) 600")
+        for result in task["hosts"].values()
+    ]
+    assert max(waited) > 0, f"neither run waited for the other's lock: {waited}"
+    final, before = fleet.current(), fleet.current(link="previous")
+    assert {final, before} == {f"versions/{v5_version}", f"versions/{v6_version}"}, (final, before)
+    assert answer(fleet) == (text_v2 if final.endswith(v5_version) else text_v1)
+    leftovers = fleet.ssh(f"ls -a {MODEL_DIR}")
+    assert ".staging-" not in leftovers and ".llmops-lock" not in leftovers, leftovers
+
+    # 9. Too little disk: fails before copying anything.
     rc, out, report = fleet.playbook(
         "promote.yml", model_sync_source=str(models["tiny-flipped"]), model_sync_disk_margin_mb=10**9
     )
     assert rc != 0 and "Nothing was copied" in failures(report), failures(report) or out[-4000:]
     assert f".staging-{flipped_version}" not in fleet.ssh(f"ls -a {MODEL_DIR}")
-    assert fleet.current() == f"versions/{v4_version}"
+    assert fleet.current() == final
 
     # Versions beyond model_sync_keep (3) were pruned; current and previous remain.
     versions = fleet.ssh(f"ls {MODEL_DIR}/versions").split()
-    assert len(versions) <= 3 and v4_version in versions, versions
+    assert len(versions) <= 3 and final.split("/")[1] in versions, versions
