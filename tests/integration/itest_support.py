@@ -11,6 +11,9 @@ Reusable by every integration test:
 * `run_playbook(tasks)` / `run_module(name, args)`: write a temporary playbook, run it with
   ansible-playbook and the ansible.posix.json callback, return the parsed per-task results.
   `start_playbook(...)` does the same in the background (for "the module waits, then the server starts").
+* `run_role_cases(role, tag, baseline, hosts, workdir)`: ONE ansible-playbook run of a role's tagged tasks
+  against one inventory host per test case (the preflight tests: one bad variable per host). Per case,
+  `assert_fails_in_variable_checks(...)` and `assert_passes_variable_checks(...)` read that host's results.
 
 The tiny models come from $LLMOPS_FIXTURES and vLLM from $LLMOPS_VLLM_VENV (scripts/run exports both).
 Modules run with the system Python (/usr/bin/python3), which has no Ansible installed: that proves they
@@ -32,7 +35,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import pytest
 import yaml
@@ -255,6 +258,11 @@ class PlaybookResult:
         return results[-1]
 
 
+def task_name(task: Dict[str, Any]) -> str:
+    """The name of a task of an ansible.posix.json report without its '<role> : ' prefix."""
+    return task["task"]["name"].split(" : ", 1)[-1]
+
+
 def report_failures(report: Dict[str, Any]) -> List[str]:
     """'[task] msg' for every failed host result of an ansible.posix.json report, and for every failed
     loop item in it; the task name without its '<role> : ' prefix."""
@@ -263,7 +271,7 @@ def report_failures(report: Dict[str, Any]) -> List[str]:
         for task in play.get("tasks", []):
             for result in task.get("hosts", {}).values():
                 if result.get("failed"):
-                    name = task["task"]["name"].split(" : ", 1)[-1]
+                    name = task_name(task)
                     messages.append(f"[{name}] {result.get('msg', '')}")
                     messages.extend(
                         f"[{name}] {item.get('msg', '')}" for item in result.get("results", []) if item.get("failed")
@@ -299,11 +307,20 @@ def write_playbook(tasks: List[Dict[str, Any]], directory: Path, python: str = T
 
 
 class PlaybookRun:
-    """An ansible-playbook process running in the background."""
+    """An ansible-playbook process running in the background (on localhost unless given an inventory)."""
 
-    def __init__(self, playbook: Path, check: bool = False, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(
+        self,
+        playbook: Path,
+        check: bool = False,
+        env: Optional[Dict[str, str]] = None,
+        *,
+        inventory: str = "localhost,",
+        args: Sequence[str] = (),
+        cwd: Path = ROOT,
+    ) -> None:
         ansible_playbook = Path(sys.executable).parent / "ansible-playbook"
-        cmd = [str(ansible_playbook), "-i", "localhost,", str(playbook)]
+        cmd = [str(ansible_playbook), "-i", inventory, str(playbook), *args]
         if check:
             cmd.append("--check")
         self.started = time.monotonic()
@@ -313,7 +330,7 @@ class PlaybookRun:
             stderr=subprocess.PIPE,
             text=True,
             env=ansible_env(env),
-            cwd=str(ROOT),
+            cwd=str(cwd),
         )
 
     def wait(self, timeout: float = 600) -> PlaybookResult:
@@ -369,3 +386,122 @@ def run_module(run_playbook):
         return playbook.result, playbook
 
     return run
+
+
+# -- one run of a role against one inventory host per test case -------------------------------------
+
+
+class VariableCase(NamedTuple):
+    """A bad setting: the overrides (host vars on top of the valid baseline) and what must fail."""
+
+    overrides: Dict[str, Any]
+    variable: str  # the failure message names it (a plan message starts with it)
+    reason: str = ""  # and says this (proves the case fails for the intended reason)
+
+
+class CaseRun(NamedTuple):
+    """ONE ansible-playbook run against every case host."""
+
+    rc: int
+    report: Dict[str, Any]  # the ansible.posix.json document
+    output: str  # stdout and stderr together: what a secret must never reach
+    seconds: float
+
+
+def case_hosts(names: Iterable[str]) -> Dict[str, str]:
+    """Case name -> its inventory host (case-000, case-001, ... in the order given)."""
+    return {name: f"case-{index:03d}" for index, name in enumerate(names)}
+
+
+def run_role_cases(
+    role: str,
+    tag: str,
+    baseline_vars: Dict[str, Any],
+    hosts_vars: Dict[str, Dict[str, Any]],
+    workdir: Path,
+    *,
+    forks: int = 10,
+) -> CaseRun:
+    """Play the tasks of `role` tagged `tag` against every host of `hosts_vars` in ONE ansible-playbook run.
+
+    The inventory (written to `workdir`) gives all hosts `baseline_vars` and each host its own vars; the
+    ansible.posix.json callback reports every host's results. Fails the test when no report comes back.
+    """
+    inventory = workdir / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"vars": baseline_vars, "hosts": hosts_vars}}, sort_keys=False))
+    playbook = workdir / "play.yml"
+    playbook.write_text(yaml.safe_dump([{"name": "Preflight", "hosts": "all", "gather_facts": False, "roles": [role]}]))
+    args = ["--tags", tag, "--forks", str(forks)]
+    result = PlaybookRun(playbook, inventory=str(inventory), args=args, cwd=workdir).wait(timeout=600)
+    assert result.output.get("stats"), (
+        f"no JSON report (rc {result.rc})\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return CaseRun(result.rc, result.output, result.stdout + result.stderr, result.duration)
+
+
+def host_report(report: Dict[str, Any], host: str) -> Dict[str, Any]:
+    """The report with only this host's results."""
+    return {
+        "plays": [
+            {"tasks": [{**t, "hosts": {host: t["hosts"][host]}} for t in play["tasks"] if host in t["hosts"]]}
+            for play in report.get("plays", [])
+        ]
+    }
+
+
+def leaked(output: str, secrets: Iterable[str]) -> List[str]:
+    """The secrets found in the output as they are or JSON-escaped (newlines as \\n)."""
+    return [s for s in secrets if s in output or json.dumps(s)[1:-1] in output]
+
+
+def assert_fails_in_variable_checks(
+    run: CaseRun,
+    case: str,
+    host: str,
+    expected: VariableCase,
+    *,
+    variable_checks: Tuple[str, ...],
+    plan_task: str,
+    secrets: Sequence[str] = (),
+) -> List[str]:
+    """A bad case's host failed, and only in tasks that check variables (names starting with one of
+    `variable_checks`, each written '[Task name'); a failure names `expected.variable` and says
+    `expected.reason`, and a failure of the plan task (name starting with `plan_task`) starts with the
+    variable; nothing changed before the one failure; none of `secrets` reached the output.
+    Returns the host's failure messages."""
+    variable, reason = expected.variable, expected.reason
+    assert run.rc != 0, f"{case}: ansible-playbook exited 0 although a host failed"
+    messages = report_failures(host_report(run.report, host))
+    assert messages, f"{case} ({host}): no failed task"
+    assert all(m.startswith(variable_checks) for m in messages), f"{case}: not a variable check: {messages}"
+    named = [m for m in messages if variable in m]
+    assert named, f"{case}: no failure names {variable}: {messages}"
+    # The plan's message starts with the variable (after Ansible's "...filter ... failed: ").
+    plan = [m for m in named if m.startswith("[" + plan_task)]
+    assert not plan or any(f"failed: {variable}" in m for m in plan), f"{case}: does not start with {variable}: {plan}"
+    assert any(reason in m for m in named), f"{case}: the failure does not say {reason!r}: {named}"
+    stats = run.report["stats"][host]
+    assert stats["changed"] == 0, f"{case}: something changed before the failure: {stats}"
+    assert stats["failures"] == 1, f"{case}: {stats}"
+    assert not leaked(run.output, secrets), f"{case}: a secret leaked into the output"
+    return messages
+
+
+def assert_passes_variable_checks(
+    run: CaseRun,
+    case: str,
+    host: str,
+    *,
+    allowed_failures: Tuple[str, ...] = (),
+    secrets: Sequence[str] = (),
+) -> Dict[str, Any]:
+    """A valid case's host failed in no task but those named in `allowed_failures` ('[Task name'
+    prefixes: host checks a controller cannot pass; none when empty), changed nothing, and none of
+    `secrets` reached the output. Returns the host's stats."""
+    messages = report_failures(host_report(run.report, host))
+    unexpected = [m for m in messages if not (allowed_failures and m.startswith(allowed_failures))]
+    assert not unexpected, f"{case}: {messages}"
+    stats = run.report["stats"][host]
+    assert stats["changed"] == 0, f"{case}: {stats}"
+    assert not leaked(run.output, secrets), f"{case}: a secret leaked into the output"
+    return stats

@@ -3,6 +3,9 @@
 The transport raises what ansible.module_utils.urls.open_url really raises (urllib HTTPError for
 statuses >= 400, URLError wrapping ConnectionRefusedError, socket.timeout), so the classification code
 under test sees the same exceptions as in production.
+
+It also puts plugins/module_utils/ on sys.path: the plan tests there share plan_support.py (pytest runs in
+importlib mode, so a test's folder is not on sys.path by itself).
 """
 
 from __future__ import annotations
@@ -10,14 +13,20 @@ from __future__ import annotations
 import io
 import json
 import socket
+import sys
 import urllib.error
 from dataclasses import dataclass, field
 from email.message import Message
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Union
 from urllib.parse import urlsplit
 
 import pytest
+
+MODULE_UTILS_TESTS = str(Path(__file__).resolve().parent / "plugins" / "module_utils")
+if MODULE_UTILS_TESTS not in sys.path:
+    sys.path.insert(0, MODULE_UTILS_TESTS)
 
 
 class FakeClock:

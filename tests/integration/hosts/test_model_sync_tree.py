@@ -47,13 +47,16 @@ def copies(report: dict) -> dict[str, list[str]]:
 
 
 def labels(report: dict) -> list[str]:
-    return [
-        item.get("_ansible_item_label", "")
+    """The loop labels of the items that ran (the copy's progress lines, the rounds of the plan)."""
+    found = (
+        item.get("_ansible_item_label")
         for play in report.get("plays", [])
         for task in play["tasks"]
         for result in task["hosts"].values()
         for item in result.get("results", [])
-    ]
+        if not item.get("skipped")
+    )
+    return [label for label in found if isinstance(label, str)]
 
 
 def test_tree_distribution(fleet: Fleet, tmp_path: Path) -> None:
@@ -78,7 +81,7 @@ def test_tree_distribution(fleet: Fleet, tmp_path: Path) -> None:
     progress = [label for label in labels(report) if re.match(r"chunk 1/1: .* \(100%\)", label)]
     assert len(progress) == 3, labels(report)
     rounds = [label for label in labels(report) if label.startswith("round ")]
-    assert rounds == ["round 1", "round 2"], rounds
+    assert sorted(set(rounds)) == ["round 1", "round 2"], rounds
 
     # One host per batch: the later batches copy from hosts of earlier batches, never from the controller.
     v2 = tmp_path / "tiny-v2b"
@@ -114,12 +117,12 @@ def test_a_seed_admits_only_its_targets_with_the_password(fleet: Fleet) -> None:
         HOSTS[0],
     )
     try:
-        pull = f"rsync -r --password-file=/root/pw rsync://llmops@{seed}:8730/model/ /tmp/pulled/; echo rc=$?"
+        pull = f"rsync -r --password-file=/root/pw rsync://llmops@{seed}:8730/model/ /tmp/pulled/ 2>&1; echo rc=$?"
         ok = fleet.ssh(f"umask 077 && echo right-password > /root/pw && {pull}", HOSTS[1])
         assert ok.strip().endswith("rc=0"), ok
-        wrong = fleet.ssh(f"umask 077 && echo wrong-password > /root/pw && {pull} 2>&1", HOSTS[1])
+        wrong = fleet.ssh(f"umask 077 && echo wrong-password > /root/pw && {pull}", HOSTS[1])
         assert "rc=5" in wrong and "auth failed" in wrong, wrong
-        refused = fleet.ssh(f"umask 077 && echo right-password > /root/pw && {pull} 2>&1", HOSTS[2])
+        refused = fleet.ssh(f"umask 077 && echo right-password > /root/pw && {pull}", HOSTS[2])
         assert "rc=0" not in refused and "access denied" in refused.lower(), refused
     finally:
         fleet.ssh("systemctl stop llmops-model-seed.service; rm -rf /run/llmops-model-seed", HOSTS[0])

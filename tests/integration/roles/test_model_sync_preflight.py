@@ -1,32 +1,29 @@
 """Bad variables make model_sync fail in preflight, before any change, naming the variable.
 
-Same one-run layout as test_vllm_host_preflight.py: every case is one inventory host (``case-NNN``,
-``ansible_connection: local``) with one bad setting on top of a valid configuration, and ONE
-ansible-playbook run with ``--tags model_sync_preflight`` plays the real role against all of them. With
-that tag only the role's argument spec and its one-pass variable check (``model_sync_plan``,
-plugins/module_utils/model_sync_plan.py) run: no lock, no manifest, no copy. A bad host must fail in one
-of those two, naming the variable, with changed=0; the valid controls must pass.
+Same one-run layout as test_vllm_host_preflight.py (itest_support.run_role_cases): every case is one
+inventory host (``case-NNN``, ``ansible_connection: local``) with one bad setting on top of a valid
+configuration, and ONE ansible-playbook run with ``--tags model_sync_preflight`` plays the real role
+against all of them. With that tag only the role's argument spec and its one-pass variable check
+(``model_sync_plan``, plugins/module_utils/model_sync_plan.py) run: no lock, no manifest, no copy. A bad
+host must fail in one of those two, naming the variable, with changed=0; the valid controls must pass.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import time
-from typing import Any, Dict, NamedTuple
+from typing import Any, Dict, List
 
 import pytest
-import yaml
-from itest_support import ansible_env, report_failures
+from itest_support import (
+    CaseRun,
+    assert_fails_in_variable_checks,
+    assert_passes_variable_checks,
+    case_hosts,
+    run_role_cases,
+    task_name,
+)
+from itest_support import VariableCase as Case
 
 DIGEST = "9f" * 32  # a well-formed sha256 hex digest
-
-
-class Case(NamedTuple):
-    overrides: Dict[str, Any]
-    variable: str  # the failure message names it (a plan message starts with it)
-    reason: str = ""  # and says this
-
 
 HOST_SOURCE = {"model_sync_source_location": "host"}
 
@@ -126,22 +123,11 @@ VARIABLE_CHECKS = ("[Validating arguments against arg spec", "[Check the model s
 PLAN_TASK = "Check the model sync variables"
 
 
-def host_name(index: int) -> str:
-    return f"case-{index:03d}"
-
-
-HOSTS = {name: host_name(i) for i, name in enumerate([*CASES, *VALID_CASES])}
-
-
-class Run(NamedTuple):
-    rc: int
-    report: Dict[str, Any]
-    output: str
-    seconds: float
+HOSTS = case_hosts([*CASES, *VALID_CASES])
 
 
 @pytest.fixture(scope="module")
-def preflight(tmp_path_factory: pytest.TempPathFactory) -> Run:
+def preflight(tmp_path_factory: pytest.TempPathFactory) -> CaseRun:
     """One ansible-playbook run of the role's preflight against every case host."""
     work = tmp_path_factory.mktemp("model-sync-preflight")
     baseline = {
@@ -150,70 +136,27 @@ def preflight(tmp_path_factory: pytest.TempPathFactory) -> Run:
         "model_sync_source": "/storage/models/merged-model",
     }
     hosts = {host: CASES[name].overrides if name in CASES else VALID_CASES[name] for name, host in HOSTS.items()}
-    inventory = work / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"vars": baseline, "hosts": hosts}}, sort_keys=False))
-    playbook = work / "play.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [{"name": "Preflight", "hosts": "all", "gather_facts": False, "roles": ["llmops.platform.model_sync"]}]
-        )
-    )
-    started = time.monotonic()
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", str(inventory), str(playbook), "--tags", "model_sync_preflight", "--forks", "10"],
-        capture_output=True,
-        text=True,
-        env=ansible_env(),
-        cwd=work,
-        timeout=600,
-        check=False,
-    )
-    seconds = time.monotonic() - started
-    report = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
-    assert report.get("stats"), f"no JSON report (rc {proc.returncode})\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return Run(proc.returncode, report, proc.stdout + proc.stderr, seconds)
+    return run_role_cases("llmops.platform.model_sync", "model_sync_preflight", baseline, hosts, work)
 
 
-def host_report(report: Dict[str, Any], host: str) -> Dict[str, Any]:
-    """The report with only this host's results."""
-    return {
-        "plays": [
-            {"tasks": [{**t, "hosts": {host: t["hosts"][host]}} for t in play["tasks"] if host in t["hosts"]]}
-            for play in report.get("plays", [])
-        ]
-    }
-
-
-def task_names(report: Dict[str, Any]) -> list:
-    return [t["task"]["name"].split(" : ", 1)[-1] for p in report["plays"] for t in p["tasks"]]
+def task_names(report: Dict[str, Any]) -> List[str]:
+    return [task_name(t) for p in report["plays"] for t in p["tasks"]]
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_variable_fails_in_preflight_naming_it(preflight: Run, case: str) -> None:
-    variable, reason = CASES[case].variable, CASES[case].reason
-    host = HOSTS[case]
-    messages = report_failures(host_report(preflight.report, host))
-    assert messages, f"{case} ({host}): no failed task"
-    assert all(m.startswith(VARIABLE_CHECKS) for m in messages), f"{case}: not a variable check: {messages}"
-    named = [m for m in messages if variable in m]
-    assert named, f"{case}: no failure names {variable}: {messages}"
-    plan = [m for m in named if m.startswith("[" + PLAN_TASK)]
-    assert not plan or any(f"failed: {variable}" in m for m in plan), f"{case}: does not start with {variable}: {plan}"
-    assert any(reason in m for m in named), f"{case}: the failure does not say {reason!r}: {named}"
-    stats = preflight.report["stats"][host]
-    assert stats["changed"] == 0 and stats["failures"] == 1, f"{case}: {stats}"
+def test_bad_variable_fails_in_preflight_naming_it(preflight: CaseRun, case: str) -> None:
+    assert_fails_in_variable_checks(
+        preflight, case, HOSTS[case], CASES[case], variable_checks=VARIABLE_CHECKS, plan_task=PLAN_TASK
+    )
 
 
 @pytest.mark.parametrize("case", list(VALID_CASES))
-def test_valid_variables_pass_the_preflight(preflight: Run, case: str) -> None:
-    host = HOSTS[case]
-    messages = report_failures(host_report(preflight.report, host))
-    assert not messages, f"{case}: {messages}"
-    stats = preflight.report["stats"][host]
-    assert stats["ok"] >= 1 and stats["changed"] == 0 and stats["failures"] == 0, stats
+def test_valid_variables_pass_the_preflight(preflight: CaseRun, case: str) -> None:
+    stats = assert_passes_variable_checks(preflight, case, HOSTS[case])  # no failure at all
+    assert stats["ok"] >= 1 and stats["failures"] == 0, stats
 
 
-def test_only_the_variable_checks_run(preflight: Run) -> None:
+def test_only_the_variable_checks_run(preflight: CaseRun) -> None:
     """The tag selects the argument spec and the variable check: no lock, manifest or copy is attempted."""
     names = task_names(preflight.report)
     assert len(names) == 2 and names[0].startswith("Validating arguments") and names[1].startswith(PLAN_TASK), names

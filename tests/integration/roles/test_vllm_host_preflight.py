@@ -18,25 +18,23 @@ they stop at the host assert (HOST_CHECKS), which is what proves the variable ch
 
 from __future__ import annotations
 
-import json
-import subprocess
-import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple
+from typing import Any, Dict, List
 
 import pytest
-import yaml
-from itest_support import ansible_env, report_failures
+from itest_support import (
+    CaseRun,
+    assert_fails_in_variable_checks,
+    assert_passes_variable_checks,
+    case_hosts,
+    run_role_cases,
+    task_name,
+)
+from itest_support import VariableCase as Case
 
 ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "tests" / "unit" / "data" / "nvidia-smi"
 KEY_MARK = "s3cret"  # in every API key, token and secret-like value a case sets: none may reach the output
-
-
-class Case(NamedTuple):
-    overrides: Dict[str, Any]
-    variable: str  # the failure message names it (a plan message starts with it)
-    reason: str = ""  # and says this (proves the case fails for the intended reason)
 
 
 CUDA = {"vllm_host_profile": "cuda", "vllm_host_gpu_check": False}
@@ -458,6 +456,7 @@ VARIABLE_CHECKS = (
     "[Require the drain hooks to exist",
     "[Require enough GPUs for every instance's parallelism",
 )
+PLAN_TASK = "Check every variable"  # its failure message starts with the variable
 
 
 def replaying_nvidia_smi(directory: Path) -> Path:
@@ -487,11 +486,7 @@ def replaying_nvidia_smi(directory: Path) -> Path:
     return script
 
 
-def host_name(index: int) -> str:
-    return f"case-{index:03d}"
-
-
-HOSTS = {name: host_name(i) for i, name in enumerate([*CASES, *VALID_CASES])}
+HOSTS = case_hosts([*CASES, *VALID_CASES])
 
 
 def secrets_in(value: Any) -> List[str]:
@@ -509,13 +504,6 @@ def valid_key(host: str) -> str:
     return f"{KEY_MARK}-valid-key-{host}"
 
 
-class Run(NamedTuple):
-    rc: int
-    report: Dict[str, Any]
-    output: str
-    seconds: float
-
-
 def substitute(value: Any, files: Dict[str, str]) -> Any:
     if isinstance(value, str):
         return files.get(value, value)
@@ -527,7 +515,7 @@ def substitute(value: Any, files: Dict[str, str]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def preflight(tmp_path_factory: pytest.TempPathFactory) -> Run:
+def preflight(tmp_path_factory: pytest.TempPathFactory) -> CaseRun:
     """One ansible-playbook run of the role's preflight against every case host."""
     work = tmp_path_factory.mktemp("vllm-host-preflight")
     (work / "ca").mkdir()
@@ -548,74 +536,25 @@ def preflight(tmp_path_factory: pytest.TempPathFactory) -> Run:
     for name, host in HOSTS.items():
         overrides = CASES[name].overrides if name in CASES else VALID_CASES[name]
         hosts[host] = {"vllm_host_api_key": valid_key(host), **substitute(overrides, files)}
-    inventory = work / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"vars": baseline, "hosts": hosts}}, sort_keys=False))
-    playbook = work / "play.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [{"name": "Preflight", "hosts": "all", "gather_facts": False, "roles": ["llmops.platform.vllm_host"]}]
-        )
-    )
-    started = time.monotonic()
-    proc = subprocess.run(
-        # Only the preflight runs (tag), so even a valid configuration never installs anything here.
-        ["ansible-playbook", "-i", str(inventory), str(playbook), "--tags", "vllm_host_preflight", "--forks", "10"],
-        capture_output=True,
-        text=True,
-        env=ansible_env(),
-        cwd=work,
-        timeout=600,
-        check=False,
-    )
-    seconds = time.monotonic() - started
-    report = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
-    assert report.get("stats"), f"no JSON report (rc {proc.returncode})\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return Run(proc.returncode, report, proc.stdout + proc.stderr, seconds)
-
-
-def host_report(report: Dict[str, Any], host: str) -> Dict[str, Any]:
-    """The report with only this host's results."""
-    return {
-        "plays": [
-            {"tasks": [{**t, "hosts": {host: t["hosts"][host]}} for t in play["tasks"] if host in t["hosts"]]}
-            for play in report.get("plays", [])
-        ]
-    }
-
-
-def leaked(output: str, secrets: List[str]) -> List[str]:
-    """The secrets found in the output as they are or JSON-escaped (newlines as \\n)."""
-    return [s for s in secrets if s in output or json.dumps(s)[1:-1] in output]
+    # Only the preflight runs (tag), so even a valid configuration never installs anything here.
+    return run_role_cases("llmops.platform.vllm_host", "vllm_host_preflight", baseline, hosts, work)
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_variable_fails_in_preflight_naming_it(preflight: Run, case: str) -> None:
-    overrides, variable, reason = CASES[case]
+def test_bad_variable_fails_in_preflight_naming_it(preflight: CaseRun, case: str) -> None:
     host = HOSTS[case]
-    assert preflight.rc != 0
-    messages = report_failures(host_report(preflight.report, host))
-    assert messages, f"{case} ({host}): no failed task"
-    assert all(m.startswith(VARIABLE_CHECKS) for m in messages), f"{case}: not a variable check: {messages}"
+    secrets = [valid_key(host), *secrets_in(CASES[case].overrides)]
+    messages = assert_fails_in_variable_checks(
+        preflight, case, host, CASES[case], variable_checks=VARIABLE_CHECKS, plan_task=PLAN_TASK, secrets=secrets
+    )
     assert not any(m.startswith(HOST_CHECKS) for m in messages), f"{case}: failed on a host check: {messages}"
-    named = [m for m in messages if variable in m]
-    assert named, f"{case}: no failure names {variable}: {messages}"
-    # The plan's message starts with the variable (after Ansible's "...filter ... failed: ").
-    plan = [m for m in named if m.startswith("[Check every variable")]
-    assert not plan or any(f"failed: {variable}" in m for m in plan), f"{case}: does not start with {variable}: {plan}"
-    assert any(reason in m for m in named), f"{case}: the failure does not say {reason!r}: {named}"
-    stats = preflight.report["stats"][host]
-    assert stats["changed"] == 0, f"{case}: something changed before the failure: {stats}"
-    assert stats["failures"] == 1, stats
-    secrets = [valid_key(host), *secrets_in(overrides)]
-    assert not leaked(preflight.output, secrets), f"{case}: a secret leaked into the output"
 
 
 @pytest.mark.parametrize("case", list(VALID_CASES))
-def test_valid_variables_pass_the_variable_checks(preflight: Run, case: str) -> None:
+def test_valid_variables_pass_the_variable_checks(preflight: CaseRun, case: str) -> None:
     """Valid configurations pass every variable check (they may stop at a host check here)."""
     host = HOSTS[case]
-    messages = report_failures(host_report(preflight.report, host))
-    assert all(m.startswith(HOST_CHECKS) for m in messages), f"{case}: {messages}"
+    assert_passes_variable_checks(preflight, case, host, allowed_failures=HOST_CHECKS, secrets=[valid_key(host)])
     plan = [
         t
         for p in preflight.report["plays"]
@@ -623,33 +562,22 @@ def test_valid_variables_pass_the_variable_checks(preflight: Run, case: str) -> 
         if "Check every variable and plan the instances" in t["task"]["name"]
     ]
     assert plan and not plan[0]["hosts"][host].get("failed"), f"{case}: the plan did not run"
-    read = [
-        t
-        for p in preflight.report["plays"]
-        for t in p["tasks"]
-        if t["task"]["name"].split(" : ", 1)[-1].startswith("Read the host once")
-    ]
+    read = [t for p in preflight.report["plays"] for t in p["tasks"] if task_name(t).startswith("Read the host once")]
     result = read[0]["hosts"].get(host, {}) if read else {}
     assert result and not result.get("skipped"), f"{case}: the host was not read after the variable checks"
-    assert preflight.report["stats"][host]["changed"] == 0
-    assert not leaked(preflight.output, [valid_key(host)]), f"{case}: the API key leaked into the output"
 
 
-def test_one_gpu_host_passes_the_gpu_checks(preflight: Run) -> None:
+def test_one_gpu_host_passes_the_gpu_checks(preflight: CaseRun) -> None:
     """Control for the GPU cases: the same replayed host with tensor_parallel_size 1 passes them."""
     for case in ("one H100, tensor parallel 1", "one H100 as device 0"):
         host = HOSTS[case]
-        tasks = {
-            t["task"]["name"].split(" : ", 1)[-1]: t["hosts"].get(host)
-            for p in preflight.report["plays"]
-            for t in p["tasks"]
-        }
+        tasks = {task_name(t): t["hosts"].get(host) for p in preflight.report["plays"] for t in p["tasks"]}
         gpus = tasks["Inventory the NVIDIA GPUs"]
         assert gpus and gpus["count"] == 1, f"{case}: {gpus}"
         assert not tasks["Require enough GPUs for every instance's parallelism"].get("failed")
 
 
-def test_one_run_for_every_case(preflight: Run) -> None:
+def test_one_run_for_every_case(preflight: CaseRun) -> None:
     """Every case host is in the one run's stats, and the run stays quick (CI time)."""
     assert set(preflight.report["stats"]) == set(HOSTS.values())
     assert KEY_MARK not in preflight.output, "a key, token or secret-like value reached the output"

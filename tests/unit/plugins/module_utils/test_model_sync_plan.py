@@ -7,13 +7,12 @@ of roles/model_sync/vars/main.yml). The role-level test is tests/integration/rol
 from __future__ import annotations
 
 import copy
-import re
 import sys
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
-import yaml
+from plan_support import role_settings
 
 ROOT = Path(__file__).resolve().parents[4]
 if str(ROOT / ".collections") not in sys.path:
@@ -24,23 +23,11 @@ from ansible_collections.llmops.platform.plugins.module_utils.model_sync_plan im
     plan_sync,
 )
 
-ROLE = ROOT / "roles" / "model_sync"
 INVENTORY = ["serve-1", "serve-2", "nfs-1"]
 DIGEST = "0123456789abcdef" * 4
 
 
-def role_settings() -> Dict[str, Any]:
-    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    mapping = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["_model_sync_settings"]
-    settings = {}
-    for key, template in mapping.items():
-        match = re.fullmatch(r"\{\{ (model_sync_\w+) \}\}", template)
-        assert match, f"_model_sync_settings.{key} is not a plain variable: {template}"
-        settings[key] = copy.deepcopy(defaults[match.group(1)])
-    return settings
-
-
-DEFAULTS = role_settings()
+DEFAULTS = role_settings("model_sync")
 
 
 def settings(**overrides: Any) -> Dict[str, Any]:

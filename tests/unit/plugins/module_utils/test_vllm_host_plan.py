@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
-import yaml
+from plan_support import role_settings
 
 ROOT = Path(__file__).resolve().parents[4]
 if str(ROOT / ".collections") not in sys.path:
@@ -29,22 +28,9 @@ from ansible_collections.llmops.platform.plugins.module_utils.vllm_host_plan imp
 )
 
 KEY = "k3y-0123456789abcdef"
-ROLE = ROOT / "roles" / "vllm_host"
 
 
-def role_settings() -> Dict[str, Any]:
-    """The role's default settings: `_vllm_host_settings` with every `{{ vllm_host_X }}` resolved from defaults."""
-    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    mapping = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["_vllm_host_settings"]
-    settings = {}
-    for key, template in mapping.items():
-        match = re.fullmatch(r"\{\{ (vllm_host_\w+) \}\}", template)
-        assert match, f"_vllm_host_settings.{key} is not a plain variable: {template}"
-        settings[key] = copy.deepcopy(defaults[match.group(1)])
-    return settings
-
-
-DEFAULTS = role_settings()
+DEFAULTS = role_settings("vllm_host")
 
 
 def settings(**overrides: Any) -> Dict[str, Any]:
@@ -362,7 +348,10 @@ FAILURES = {
         {"instances": [{"name": "a", "enable_lora": True, "lora_modules": {"x": "/tmp/x"}}]},
     ),
     "drain beyond stop": ("stop_timeout", {"stop_timeout": 30, "instances": [{"name": "a", "shutdown_timeout": 30}]}),
-    "privileged port without proxy": ("instances[0].port", {"proxy": False, "tls": False, "instances": [{"name": "a", "port": 80}]}),
+    "privileged port without proxy": (
+        "instances[0].port",
+        {"proxy": False, "tls": False, "instances": [{"name": "a", "port": 80}]},
+    ),
     "privileged engine port": (
         "instances[0].port",
         {"engine_port_offset": 1, "instances": [{"name": "a", "port": 80}]},
@@ -380,7 +369,12 @@ FAILURES = {
     "health host on another bind": ("health_host", {"proxy_bind": "10.0.0.5"}),
     "health host not bound by the engine": (
         "health_host",
-        {"proxy": False, "tls": False, "health_host": "10.1.1.1", "instances": [{"name": "a", "port": 8080, "host": "10.0.0.5"}]},
+        {
+            "proxy": False,
+            "tls": False,
+            "health_host": "10.1.1.1",
+            "instances": [{"name": "a", "port": 8080, "host": "10.0.0.5"}],
+        },
     ),
     "ipv6 health host on ipv4 any": ("health_host", {"health_host": "::1"}),
     "health host with a scheme": ("health_host", {"health_host": "https://127.0.0.1"}),
@@ -390,7 +384,12 @@ FAILURES = {
     "health host 127.0.0.2 on 127.0.0.1": ("health_host", {"proxy_bind": "127.0.0.1", "health_host": "127.0.0.2"}),
     "ipv6 health host on an ipv4 loopback engine": (
         "health_host",
-        {"proxy": False, "tls": False, "health_host": "::1", "instances": [{"name": "a", "port": 8080, "host": "127.0.0.1"}]},
+        {
+            "proxy": False,
+            "tls": False,
+            "health_host": "::1",
+            "instances": [{"name": "a", "port": 8080, "host": "127.0.0.1"}],
+        },
     ),
     # Caches and the home the server writes: ProtectSystem=strict makes the rest read-only.
     "HF_HOME outside the writable paths": ("environment.HF_HOME", {"environment": {"HF_HOME": "/var/cache/hf"}}),
