@@ -8,6 +8,7 @@ Documentation lives next to this file, one YAML file per filter (rollout_batch.y
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
+from ansible.utils.display import Display
 
 from ansible_collections.llmops.platform.plugins.module_utils import rollout as _rollout
 
@@ -21,6 +22,14 @@ def _wrap(func, *args, **kwargs):
 
 def rollout_batch(hosts, hostvars, variable=_rollout.ROLLOUT_BATCH_VARIABLE, default=_rollout.DEFAULT_BATCH):
     """The play `serial:` value every host of `hosts` agrees on (through `hostvars`)."""
+    if hosts and not hostvars:
+        # --syntax-check and --list-hosts/--list-tasks template `serial` without running the plays before it,
+        # so hostvars does not exist yet; one host at a time is the answer that cannot do harm.
+        Display().warning(
+            f"rollout_batch: hostvars is empty, so {variable} cannot be read (a --syntax-check or --list-* run, or "
+            "the first play of a playbook); using batches of one host"
+        )
+        return 1
     return _wrap(_rollout.rollout_batch, hosts, hostvars, variable, default)
 
 

@@ -12,12 +12,16 @@ stopping, restarting), while a maintenance marker exists (the role writes one ar
 restarts; an operator can too: touch /run/vllm/maintenance/NAME), and it does not count failures of a
 freshly started engine until that engine has answered once or WATCHDOG_START_GRACE seconds passed.
 
+A probe that fails while the engine's token counters (its /metrics) still move is a busy engine, not a
+hung one: it is logged and not counted, so saturation never gets an instance killed.
+
 Settings come from the environment (EnvironmentFile=): WATCHDOG_URL, WATCHDOG_MODEL, WATCHDOG_TIMEOUT,
 WATCHDOG_FAILURES, WATCHDOG_START_GRACE, WATCHDOG_MAINTENANCE_DIR, WATCHDOG_MAINTENANCE_MAX_AGE,
 WATCHDOG_STATE_DIR, and VLLM_API_KEY from the instance's own 0600 environment file (never argv).
 Standard library only.
 """
 
+import http.client
 import json
 import os
 import subprocess
@@ -71,11 +75,31 @@ def probe(url, model, key, timeout):
             # The API server refused our key before the engine was involved: this says nothing about a hang.
             return None, f"HTTP {exc.code}: the key in the instance's env file is not the one the engine runs with"
         return False, f"HTTP {exc.code} from the completion"
-    except (OSError, ValueError) as exc:  # timeouts, refused connections, bad JSON
+    # Timeouts, refused connections, bad JSON, and answers that are not HTTP (http.client.HTTPException is
+    # no OSError): each one is a failed probe, never a crash of the watchdog.
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         return False, f"{type(exc).__name__ if not str(exc) else exc} after {time.monotonic() - started:.1f} s"
-    if not payload.get("choices"):
+    if not isinstance(payload, dict) or not payload.get("choices"):
         return False, "a completion without choices"
     return True, f"answered in {(time.monotonic() - started) * 1000:.0f} ms"
+
+
+def tokens_processed(url, timeout):
+    """Prompt + generated tokens the engine has processed (its /metrics), or None when unreadable."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout) as response:  # noqa: S310
+            text = response.read().decode("utf-8", "replace")
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    total, seen = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(("vllm:generation_tokens_total", "vllm:prompt_tokens_total")):
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+                seen = True
+            except (IndexError, ValueError):
+                continue
+    return total if seen else None
 
 
 def load(path):
@@ -121,7 +145,10 @@ def main(argv):
     if age is not None and age < max_age:
         if state.get("failures"):
             log(INFO, f"{unit}: maintenance in progress ({age:.0f} s), failure count reset")
-        save(state_file, {"started": unit_now["started"], "answered": state.get("answered", False), "failures": 0})
+        # The role restarts instances under the marker: an answer of the engine that ran before the restart
+        # must not carry over to the new one, or it would lose its start grace once the marker is gone.
+        answered = state.get("started") == unit_now["started"] and bool(state.get("answered"))
+        save(state_file, {"started": unit_now["started"], "answered": answered, "failures": 0})
         return 0
     if age is not None:
         log(
@@ -137,6 +164,10 @@ def main(argv):
         env.get("VLLM_API_KEY", ""),
         float(env.get("WATCHDOG_TIMEOUT", "10")),
     )
+    # Whether the engine makes progress: a saturated engine may answer the probe late, a hung one never
+    # moves its token counters.
+    tokens, last_tokens = tokens_processed(env["WATCHDOG_URL"], 3), state.get("tokens")
+    state["tokens"] = tokens
     if ok is None:
         log(WARNING, f"{unit}: cannot probe: {reason}")
         save(state_file, state)
@@ -146,9 +177,18 @@ def main(argv):
             log(NOTICE, "{}: answers again ({}) after {} failed probe(s)".format(unit, reason, state["failures"]))
         elif not state.get("answered"):
             log(INFO, f"{unit}: first completion since start ({reason}); watching")
-        save(state_file, {"started": unit_now["started"], "answered": True, "failures": 0})
+        save(state_file, {"started": unit_now["started"], "answered": True, "failures": 0, "tokens": tokens})
         return 0
 
+    if tokens is not None and last_tokens is not None and tokens > last_tokens:
+        log(
+            INFO,
+            f"{unit}: probe failed ({reason}), but the engine processed {tokens - last_tokens:.0f} tokens since the "
+            "last probe: busy, not hung",
+        )
+        state["failures"] = 0
+        save(state_file, state)
+        return 0
     up_for = (monotonic_usec() - unit_now["started"]) / 1_000_000 if unit_now["started"] else 0
     if not state.get("answered") and up_for < grace:
         # Still loading the model (the port stays closed while it loads): not a hang yet.
