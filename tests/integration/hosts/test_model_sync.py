@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -177,15 +178,24 @@ def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None
     #    most one staging copy exists; at the end the later run switched from the earlier run's version.
     v5_version, v6_version = digest(models["tiny-v5"])[:16], digest(models["tiny-v6"])[:16]
     runs = [fleet.start_playbook("promote.yml", model_sync_source=str(models[name])) for name in ("tiny-v5", "tiny-v6")]
+    # Read both outputs while they run: the JSON callback writes its whole report at the end, more than a pipe
+    # holds, so an unread pipe would block the run.
+    outputs: list[tuple[str, str]] = [("", ""), ("", "")]
+
+    def collect(index: int) -> None:
+        outputs[index] = runs[index].communicate(timeout=1500)
+
+    readers = [threading.Thread(target=collect, args=(i,), daemon=True) for i in range(2)]
+    for reader in readers:
+        reader.start()
     samples: list[str] = []
     probe = (
         f"cd {MODEL_DIR} && t=$(readlink current) && test -f $t/.llmops-verified && echo ok $t || echo BAD $t; "
         "ls -a | grep -c '^.staging-' || true"
     )
-    while any(run.poll() is None for run in runs):
+    while any(reader.is_alive() for reader in readers):
         samples.append(fleet.ssh(probe))
         time.sleep(0.3)
-    outputs = [run.communicate() for run in runs]
     reports = [json.loads(out) if out.lstrip().startswith("{") else {} for out, _err in outputs]
     for run, (out, err), report in zip(runs, outputs, reports):
         assert run.returncode == 0, failures(report) or out[-3000:] + err[-2000:]

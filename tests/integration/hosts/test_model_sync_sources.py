@@ -76,6 +76,6 @@ def test_sync_from_a_mounted_share_and_from_a_source_host(fleet) -> None:
     fleet.ssh("rm /root/.ssh/id_ed25519", SOURCE)
     rc, out, report = fleet.playbook("promote.yml", model_sync_source="/storage/models/tiny-broken", **remote)
     assert rc != 0
-    assert "Copy into staging from the source host" in failures(report), failures(report) or out[-4000:]
+    assert "Copy from the source host into staging" in failures(report), failures(report) or out[-4000:]
     assert "Permission denied" in failures(report), failures(report)
     assert fleet.current(SERVING) == f"versions/{v2[:16]}"
