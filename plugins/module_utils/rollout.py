@@ -414,7 +414,7 @@ def copy_progress(chunk: Any, started_at: Any, now: Any = None) -> str:
     "chunk 3/12: 14.6 of 58.2 GiB (25%), 412 MB/s, about 1 min 54 s left"; after the last chunk
     "..., done in 2 min 21 s". The rate is the bytes of this and the earlier chunks over the time since
     `started_at` (seconds since the epoch) until `now` (default: the current time); rate and time are left
-    out while no time has passed or nothing was copied.
+    out while no time has passed or less than 1% was copied.
     """
     if not isinstance(chunk, dict):
         raise ValueError(f"chunk must be a dict from copy_chunks, got {type(chunk).__name__}")
@@ -433,7 +433,8 @@ def copy_progress(chunk: Any, started_at: Any, now: Any = None) -> str:
     text = f"chunk {numbers['index']}/{numbers['count']}: {format_size_pair(done, total)} ({percent}%)"
 
     elapsed = end - start
-    if elapsed <= 0 or done <= 0:
+    # Under 1% done (the small config files go first) a rate says nothing and the time left is absurd.
+    if elapsed <= 0 or done <= 0 or (done < total and done * 100 < total):
         return text
     rate = done / elapsed
     text += f", {format_rate(rate)}"
