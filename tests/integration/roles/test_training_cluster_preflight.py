@@ -1,10 +1,17 @@
-"""training_cluster against its own Kubernetes API emulator.
+"""training_cluster's preflight, and the role against its own Kubernetes API emulator.
 
-1. Bad variables fail before anything is applied, naming the variable: each case runs the whole role
-   with one bad setting on top of a valid configuration; the play must fail, a failure must name the
-   variable, nothing may change and the emulator must hold no object. The valid baseline does create
-   the objects, so the "nothing created" check can fail.
-2. The Job paths of tasks_from train: the play creates the Job and polls it; the test, acting as the
+1. Bad variables fail in preflight, naming the variable. Every case is one inventory host (``case-NNN``,
+   ``ansible_connection: local``) whose host vars are one bad setting on top of a valid configuration,
+   and ONE ansible-playbook run (``--tags training_cluster_preflight``) plays the real role against all
+   of them. A bad host must fail in a variable check (the argument spec or the one-pass plans of
+   plugins/module_utils/k8s_plan.py), in a message that names the variable and says why, with changed=0
+   and no token or password in the output. The cases aim at values of the right type that break the
+   platform, in particular what the API emulator accepts and a real API server refuses (names, labels,
+   quantities, tolerations, environment types). The valid controls pass every check and render.
+2. A few of those cases (EMULATOR_CASES) run the WHOLE role against the emulator: the play fails, nothing
+   changes and the emulator holds no object. The valid baseline does create the objects, so the
+   "nothing created" check can fail.
+3. The Job paths of tasks_from train: the play creates the Job and polls it; the test, acting as the
    Job controller, writes Complete or Failed through the API. Complete passes; Failed fails at once
    with the reason and the pod's last log lines. A re-run replaces the previous Job.
 
@@ -21,8 +28,17 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
+from itest_support import (
+    CaseRun,
+    assert_fails_in_variable_checks,
+    assert_passes_variable_checks,
+    case_hosts,
+    run_role_cases,
+)
+from itest_support import VariableCase as Case
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "tests" / "k8s"
@@ -38,58 +54,332 @@ from k8s_harness import Emulator, run_playbook  # noqa: E402
 k8s_emulator = k8s_harness.k8s_emulator
 
 HF = "hf_s3cret_preflight_token"
+KEY_MARK = "s3cret"  # in every token, password and credential a case sets: none may reach the output
 VALID = {
     "training_cluster_image": "registry.example.test/llm/llama-factory-train:0.9.5",
     "training_cluster_hf_token": HF,
 }
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+STATIC_NFS = {
+    "training_cluster_storage_mode": "static_nfs",
+    "training_cluster_nfs_server": "nfs1",
+    "training_cluster_nfs_path": "/export/llm",
+}
 
-CASES = {
-    "no image": ({"training_cluster_image": ""}, "training_cluster_image"),
-    "namespace not a DNS label": ({"training_cluster_namespace": "LLM_Training"}, "training_cluster_namespace"),
-    "storage mode not a choice": ({"training_cluster_storage_mode": "hostpath"}, "training_cluster_storage_mode"),
-    "static nfs without a server": ({"training_cluster_storage_mode": "static_nfs"}, "training_cluster_nfs_server"),
-    "static nfs with a relative path": (
-        {
-            "training_cluster_storage_mode": "static_nfs",
-            "training_cluster_nfs_server": "nfs1",
-            "training_cluster_nfs_path": "x",
-        },
-        "training_cluster_nfs_path",
+CASES: Dict[str, Case] = {
+    # --- kept from the one-run-per-case version of this file ------------------------------------------
+    "no image": Case({"training_cluster_image": ""}, "training_cluster_image"),
+    "namespace not a DNS label": Case({"training_cluster_namespace": "LLM_Training"}, "training_cluster_namespace"),
+    "storage mode not a choice": Case({"training_cluster_storage_mode": "hostpath"}, "training_cluster_storage_mode"),
+    "static nfs without a server": Case({"training_cluster_storage_mode": "static_nfs"}, "training_cluster_nfs_server"),
+    "static nfs with a relative path": Case(
+        {**STATIC_NFS, "training_cluster_nfs_path": "x"}, "training_cluster_nfs_path"
     ),
-    "storage size not a quantity": ({"training_cluster_storage_size": "lots"}, "training_cluster_storage_size"),
-    "root user": ({"training_cluster_run_as_user": 0}, "training_cluster_run_as_user"),
-    "token in the plain environment": (
-        {"training_cluster_environment": {"HF_TOKEN": "x"}},
-        "training_cluster_environment",
+    "storage size not a quantity": Case({"training_cluster_storage_size": "lots"}, "training_cluster_storage_size"),
+    "root user": Case({"training_cluster_run_as_user": 0}, "training_cluster_run_as_user"),
+    "token in the plain environment": Case(
+        {"training_cluster_environment": {"HF_TOKEN": "x"}}, "training_cluster_environment"
     ),
-    "fp16 on the cpu": (
-        {"training_cluster_use_cpu": True, "training_cluster_precision": "fp16"},
-        "training_cluster_use_cpu",
+    "fp16 on the cpu": Case(
+        {"training_cluster_use_cpu": True, "training_cluster_precision": "fp16"}, "training_cluster_use_cpu"
     ),
-    "learning rate above one": ({"training_cluster_learning_rate": 2.0}, "training_cluster_learning_rate"),
-    "no dataset": ({"training_cluster_dataset": []}, "training_cluster_dataset"),
-    "database backend without a uri": (
-        {"training_cluster_mlflow_backend": "database"},
-        "training_cluster_mlflow_database_uri",
+    "learning rate above one": Case({"training_cluster_learning_rate": 2.0}, "training_cluster_learning_rate"),
+    "no dataset": Case({"training_cluster_dataset": []}, "training_cluster_dataset"),
+    "database backend without a uri": Case(
+        {"training_cluster_mlflow_backend": "database"}, "training_cluster_mlflow_database_uri"
     ),
-    "tolerations not a list of mappings": (
-        {"training_cluster_tolerations": ["nvidia.com/gpu"]},
-        "training_cluster_tolerations",
+    "tolerations not a list of mappings": Case(
+        {"training_cluster_tolerations": ["nvidia.com/gpu"]}, "training_cluster_tolerations"
     ),
-    "negative gpus": ({"training_cluster_train_gpus": -1}, "training_cluster_train_gpus"),
-    "merge over the adapter": (
-        {"training_cluster_merged_model_dir": "/storage/output/lora-adapter"},
+    "negative gpus": Case({"training_cluster_train_gpus": -1}, "training_cluster_train_gpus"),
+    "merge over the adapter": Case(
+        {"training_cluster_merged_model_dir": "/storage/output/lora-adapter"}, "training_cluster_merged_model_dir"
+    ),
+    "same name for both jobs": Case(
+        {"training_cluster_merge_job_name": "llama-factory-train"}, "training_cluster_merge_job_name"
+    ),
+    "resource quantity malformed": Case(
+        {"training_cluster_train_resources": {"requests": {"cpu": "eight"}}}, "training_cluster_train_resources"
+    ),
+    # --- the served model, the training output and the shared volume ------------------------------------
+    "training output that contains the served model": Case(
+        {"training_cluster_adapter_dir": "/storage/models"},
         "training_cluster_merged_model_dir",
+        "is inside the training output",
     ),
-    "same name for both jobs": (
-        {"training_cluster_merge_job_name": "llama-factory-train"},
-        "training_cluster_merge_job_name",
+    "served model directory that contains the training output": Case(
+        {"training_cluster_merged_model_dir": "/storage/output"},
+        "training_cluster_merged_model_dir",
+        "contains the training output",
     ),
-    "resource quantity malformed": (
-        {"training_cluster_train_resources": {"requests": {"cpu": "eight"}}},
-        "training_cluster_train_resources",
+    "train_extra output_dir the merge does not read": Case(
+        {"training_cluster_train_extra": {"output_dir": "/storage/output/other"}},
+        "training_cluster_train_extra.output_dir",
+        "the merge reads it from",
+    ),
+    "merge_extra export_dir over the training output": Case(
+        {"training_cluster_merge_extra": {"export_dir": "/storage/output/lora-adapter/merged"}},
+        "training_cluster_merge_extra.export_dir",
+        "is inside the training output",
+    ),
+    "training output that holds the datasets": Case(
+        {"training_cluster_dataset_dir": "/storage/output/lora-adapter/data"},
+        "training_cluster_adapter_dir",
+        "datasets",
+    ),
+    "merge into the base model's directory": Case(
+        {"training_cluster_base_model": "/storage/models/merged-model"},
+        "training_cluster_merged_model_dir",
+        "base model",
+    ),
+    "adapter outside the shared volume": Case(
+        {"training_cluster_adapter_dir": "/output/lora-adapter"}, "training_cluster_adapter_dir", "shared volume"
+    ),
+    "served model outside the shared volume": Case(
+        {"training_cluster_merged_model_dir": "/models/merged-model"},
+        "training_cluster_merged_model_dir",
+        "shared volume",
+    ),
+    "configs mounted inside the shared volume": Case(
+        {"training_cluster_config_mount_path": "/storage/config"}, "training_cluster_config_mount_path", "overlaps"
+    ),
+    "configs mounted under the pod's /tmp": Case(
+        {"training_cluster_config_mount_path": "/tmp/config"}, "training_cluster_config_mount_path", "own mount"
+    ),
+    "shared volume on the pod's home": Case(
+        {"training_cluster_storage_mount_path": "/home/llama"}, "training_cluster_storage_mount_path", "own mount"
+    ),
+    "MLflow data inside the served model": Case(
+        {"training_cluster_mlflow_storage_path": "/storage/models"}, "training_cluster_mlflow_storage_path", "overlaps"
+    ),
+    # --- values a shell script or a config file carries unquoted ----------------------------------------
+    "MLflow path with a space (reaches sh -c)": Case(
+        {"training_cluster_mlflow_storage_path": "/storage/ml flow"}, "training_cluster_mlflow_storage_path", "unquoted"
+    ),
+    "MLflow path with a command substitution": Case(
+        {"training_cluster_mlflow_storage_path": "/storage/mlflow$(id)"},
+        "training_cluster_mlflow_storage_path",
+        "unquoted",
+    ),
+    "served model name with a quote (gate script and JSON)": Case(
+        {"training_cluster_vllm_served_model_name": 'merged"model'}, "training_cluster_vllm_served_model_name", "JSON"
+    ),
+    "train_extra key that is YAML": Case(
+        {"training_cluster_train_extra": {"report_to: none\nlr": 1}}, "training_cluster_train_extra", "bare YAML key"
+    ),
+    # --- secrets ------------------------------------------------------------------------------------------
+    "tracking URI with credentials": Case(
+        {"training_cluster_mlflow_tracking_uri": f"https://trainer:{KEY_MARK}-pw@mlflow.example.test"},
+        "training_cluster_mlflow_tracking_uri",
+        "credentials",
+    ),
+    "database URL in the plain environment": Case(
+        {"training_cluster_environment": {"RESULTS_DB": f"postgresql://mlflow:{KEY_MARK}@db.internal/runs"}},
+        "training_cluster_environment.RESULTS_DB",
+        "credentials",
+    ),
+    "W&B key in the plain environment": Case(
+        {"training_cluster_environment": {"WANDB_API_KEY": f"{KEY_MARK}0123456789"}},
+        "training_cluster_environment.WANDB_API_KEY",
+        "put it in a Secret",
+    ),
+    "token with a space": Case(
+        {"training_cluster_hf_token": f"hf_{KEY_MARK} token"}, "training_cluster_hf_token", "HTTP"
+    ),
+    "token Secret named like the vLLM key Secret": Case(
+        {"training_cluster_hf_token_secret_name": "vllm-api-key"},
+        "training_cluster_hf_token_secret_name",
+        "replace the key",
+    ),
+    # --- port forwards -------------------------------------------------------------------------------
+    "port-forward on every interface": Case(
+        {"training_cluster_port_forward_address": "0.0.0.0"}, "training_cluster_port_forward_address", "loopback"
+    ),
+    "port-forward on a LAN address": Case(
+        {"training_cluster_port_forward_address": "192.168.1.10"}, "training_cluster_port_forward_address", "network"
+    ),
+    "port-forward on the IPv6 loopback (unbracketed in the gate URL)": Case(
+        {"training_cluster_port_forward_address": "::1"}, "training_cluster_port_forward_address", "IPv6"
+    ),
+    "two forwards on one local port": Case(
+        {"training_cluster_port_forward_mlflow_port": 7860}, "training_cluster_port_forward_mlflow_port", "cannot bind"
+    ),
+    "gate forward on the vLLM forward's port": Case(
+        {"training_cluster_gate_local_port": 8000}, "training_cluster_gate_local_port", "cannot bind"
+    ),
+    # --- names a real API server refuses, and names that clash ---------------------------------------
+    "WebUI name starting with a digit (Service: DNS-1035)": Case(
+        {"training_cluster_webui_name": "7860-webui"}, "training_cluster_webui_name", "DNS-1035"
+    ),
+    "namespace of the control plane": Case(
+        {"training_cluster_namespace": "kube-public"}, "training_cluster_namespace", "reserved"
+    ),
+    "PVC name with an empty DNS label": Case(
+        {"training_cluster_pvc_name": "llama..storage"}, "training_cluster_pvc_name", "DNS-1123 subdomain"
+    ),
+    "pull secret with a space": Case(
+        {"training_cluster_image_pull_secrets": ["reg cred"]}, "training_cluster_image_pull_secrets[0]", "subdomain"
+    ),
+    "WebUI named like the vLLM Deployment": Case(
+        {"training_cluster_webui_name": "vllm-inference"}, "training_cluster_webui_name", "replace vLLM"
+    ),
+    "gate Job named like the training Job": Case(
+        {"training_cluster_gate_job_name": "llama-factory-train"}, "training_cluster_gate_job_name", "deletes"
+    ),
+    "label key with a space": Case(
+        {"training_cluster_labels": {"cost center": "ml"}}, "training_cluster_labels", "label key"
+    ),
+    "node selector value with a space": Case(
+        {"training_cluster_node_selector": {"pool": "gpu nodes"}}, "training_cluster_node_selector.pool", "label value"
+    ),
+    # --- quantities, tolerations, images, timeouts ---------------------------------------------------
+    "CPU request above its limit": Case(
+        {"training_cluster_merge_resources": {"requests": {"cpu": "8"}, "limits": {"cpu": "4"}}},
+        "training_cluster_merge_resources.requests.cpu",
+        "more than the limit",
+    ),
+    "WebUI memory in millibytes": Case(
+        {"training_cluster_webui_resources": {"requests": {"memory": "512m"}}},
+        "training_cluster_webui_resources.requests.memory",
+        "milli",
+    ),
+    "storage size in millibytes": Case(
+        {"training_cluster_storage_size": "500m"}, "training_cluster_storage_size", "milli"
+    ),
+    "GPU on the MLflow server": Case(
+        {"training_cluster_mlflow_resources": {"limits": {"nvidia.com/gpu": "1"}}},
+        "training_cluster_mlflow_resources",
+        "no GPU",
+    ),
+    "toleration with no key and Equal": Case(
+        {"training_cluster_tolerations": [{"operator": "Equal", "value": "x", "effect": "NoSchedule"}]},
+        "training_cluster_tolerations[0].operator",
+        "Exists",
+    ),
+    "NFS mount option with a space": Case(
+        {**STATIC_NFS, "training_cluster_nfs_mount_options": ["nfsvers=4.1 hard"]},
+        "training_cluster_nfs_mount_options[0]",
+        "without spaces",
+    ),
+    "image without a tag": Case(
+        {"training_cluster_image": "registry.example.test/llm/llama-factory-train"},
+        "training_cluster_image",
+        "not pinned",
+    ),
+    "image with a short digest": Case(
+        {"training_cluster_image": "registry.example.test/llm/train@sha256:0123abcd"}, "training_cluster_image", "64"
+    ),
+    "image path with capitals": Case(
+        {"training_cluster_image": "registry.example.test/LLM/train:0.9.5"}, "training_cluster_image", "lowercase"
+    ),
+    "MLflow image latest": Case(
+        {"training_cluster_mlflow_image": "ghcr.io/mlflow/mlflow:latest"}, "training_cluster_mlflow_image", "not pinned"
+    ),
+    "poll interval longer than the gate timeout": Case(
+        {"training_cluster_gate_timeout": 10}, "training_cluster_job_poll_interval", "training_cluster_gate_timeout"
     ),
 }
+OLD_CASES = 17
+
+# Valid configurations: they pass every variable check and render.
+VALID_CASES: Dict[str, Dict[str, Any]] = {
+    "the defaults": {},
+    "image pinned by digest": {"training_cluster_image": f"registry.example.test/llm/train@{DIGEST}"},
+    "image from a registry with a port, tag and digest": {
+        "training_cluster_image": f"registry.internal:5000/llm/train:0.9.5@{DIGEST}"
+    },
+    "static NFS on an IP with a database backend": {
+        **STATIC_NFS,
+        "training_cluster_nfs_server": "10.20.0.5",
+        "training_cluster_mlflow_backend": "database",
+        "training_cluster_mlflow_database_uri": f"postgresql://mlflow:{KEY_MARK}@db/mlflow",
+        "training_cluster_mlflow_tracking_username": "trainer",
+        "training_cluster_mlflow_tracking_password": f"{KEY_MARK}-tracking",
+    },
+    "base model on the shared volume": {"training_cluster_base_model": "/storage/models/llama-3.2-3b"},
+    "base model and datasets inside the image": {
+        "training_cluster_base_model": "/opt/models/llama-3.2-3b",
+        "training_cluster_dataset_dir": "/opt/data",
+    },
+    "port-forward on localhost": {"training_cluster_port_forward_address": "localhost"},
+    "environment that is not secret": {
+        "training_cluster_environment": {"TOKENIZERS_PARALLELISM": "false", "MLFLOW_TRACKING_PASSWORD_FILE": "/x"}
+    },
+    "one WebUI and MLflow port forward when MLflow is off": {
+        "training_cluster_mlflow_enabled": False,
+        "training_cluster_report_to": "none",
+        "training_cluster_port_forward_mlflow_port": 7860,
+    },
+}
+
+# Tasks that check variables: a bad case must fail in one of these.
+VARIABLE_CHECKS = (
+    "[Validating arguments against arg spec",
+    "[Check the LLaMA-Factory variables",
+    "[Check every platform variable",
+)
+PLAN_TASK = "Check "  # both plan tasks: their failure message starts with the variable
+HOSTS = case_hosts([*CASES, *VALID_CASES])
+
+
+def secrets_in(value: Any) -> List[str]:
+    """Every string in a case's overrides that carries KEY_MARK."""
+    if isinstance(value, str):
+        return [value] if KEY_MARK in value else []
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in secrets_in(v)] + [s for k in value for s in secrets_in(k)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in secrets_in(v)]
+    return []
+
+
+@pytest.fixture(scope="module")
+def preflight(tmp_path_factory: pytest.TempPathFactory) -> CaseRun:
+    """One ansible-playbook run of the role's preflight against every case host."""
+    work = tmp_path_factory.mktemp("training-cluster-preflight")
+    baseline = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        **VALID,
+        # Nothing here talks to a cluster: only the preflight (and the render, tagged always) runs.
+        "training_cluster_kubeconfig": str(work / "no-such-kubeconfig"),
+    }
+    hosts = {HOSTS[name]: (CASES[name].overrides if name in CASES else VALID_CASES[name]) for name in HOSTS}
+    return run_role_cases("llmops.platform.training_cluster", "training_cluster_preflight", baseline, hosts, work)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_variable_fails_in_preflight_naming_it(preflight: CaseRun, case: str) -> None:
+    secrets = [HF, *secrets_in(CASES[case].overrides)]
+    assert_fails_in_variable_checks(
+        preflight, case, HOSTS[case], CASES[case], variable_checks=VARIABLE_CHECKS, plan_task=PLAN_TASK, secrets=secrets
+    )
+
+
+@pytest.mark.parametrize("case", list(VALID_CASES))
+def test_valid_variables_pass_the_variable_checks(preflight: CaseRun, case: str) -> None:
+    host = HOSTS[case]
+    assert_passes_variable_checks(preflight, case, host, secrets=[HF, *secrets_in(VALID_CASES[case])])
+    stats = preflight.report["stats"][host]
+    assert stats["failures"] == 0 and stats["ok"] > 0, f"{case}: {stats}"
+
+
+def test_one_run_for_every_case(preflight: CaseRun) -> None:
+    """Every case host is in the one run's stats, and the run stays quick (CI time)."""
+    assert set(preflight.report["stats"]) == set(HOSTS.values())
+    assert KEY_MARK not in preflight.output, "a token, password or credential reached the output"
+    assert len(CASES) - OLD_CASES >= 30
+    assert preflight.seconds < 180, f"the preflight run took {preflight.seconds:.0f} s"
+
+
+# ---- the whole role against the API emulator -----------------------------------------------------------
+EMULATOR_CASES = (
+    "no image",  # the plan
+    "namespace not a DNS label",  # what only a real API server would refuse
+    "database URL in the plain environment",  # a credential that must not leak
+    "training output that contains the served model",  # the LLaMA-Factory plan
+    "port-forward on every interface",
+)
 
 PLAY = textwrap.dedent(
     """\
@@ -129,11 +419,12 @@ def run_role(emulator: Emulator, tmp_path: Path, overrides: dict, tasks_from: st
     return run_playbook(play, cwd=tmp_path, extra_vars=extra, args=args)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", EMULATOR_CASES)
 def test_bad_variable_fails_before_anything_is_applied(k8s_emulator: Emulator, tmp_path: Path, case: str) -> None:
-    overrides, variable = CASES[case]
+    overrides, variable = CASES[case].overrides, CASES[case].variable
     run = run_role(k8s_emulator, tmp_path, overrides)
     k8s_harness.assert_failed_before_apply(run, k8s_emulator, WRITTEN, case=case, variable=variable, secret=HF)
+    assert not [s for s in secrets_in(overrides) if s in run.output], f"{case}: a secret leaked into the output"
 
 
 def test_valid_variables_apply_then_change_nothing(k8s_emulator: Emulator, tmp_path: Path) -> None:

@@ -1,0 +1,526 @@
+"""k8s_plan: the one-pass variable checks of vllm_k8s and training_cluster.
+
+The settings start from the roles' own defaults (roles/<role>/defaults/main.yml, mapped through the
+``_settings`` of the plan task in roles/<role>/tasks/preflight*.yml), so the tests follow the roles when a
+default or the mapping changes. The end-to-end behaviour (the role fails in preflight, naming the variable,
+before anything is applied) is in tests/integration/roles/test_vllm_k8s_preflight.py and
+test_training_cluster_preflight.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[4]
+if str(ROOT / ".collections") not in sys.path:
+    sys.path.insert(0, str(ROOT / ".collections"))
+
+from ansible.errors import AnsibleFilterError  # noqa: E402
+
+from ansible_collections.llmops.platform.plugins.filter.k8s_plan import FilterModule  # noqa: E402
+from ansible_collections.llmops.platform.plugins.module_utils import k8s_plan as kp  # noqa: E402
+from ansible_collections.llmops.platform.plugins.module_utils.k8s_plan import K8sPlanError  # noqa: E402
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+SECRET = "s3cret-value-0123456789"
+
+
+def task_settings(role: str, task_file: str, task_name: str) -> Dict[str, Any]:
+    """The role's defaults mapped through the `_settings` of the named task: every value must be a plain
+    `{{ <role>_X }}` so the test resolves it from defaults/main.yml."""
+    defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text())
+    tasks = yaml.safe_load((ROOT / "roles" / role / "tasks" / task_file).read_text())
+    task = next(t for t in tasks if t["name"].startswith(task_name))
+    variable = re.compile(r"\{\{ (" + re.escape(role) + r"_\w+) \}\}")
+    settings = {}
+    for key, template in task["vars"]["_settings"].items():
+        match = variable.fullmatch(template)
+        assert match, f"{task_file}: _settings.{key} is not a plain variable: {template}"
+        assert match.group(1) == f"{role}_{key}", f"_settings.{key} maps {match.group(1)}"
+        settings[key] = copy.deepcopy(defaults[match.group(1)])
+    return settings
+
+
+VLLM = task_settings("vllm_k8s", "preflight.yml", "Check every variable")
+LF = task_settings("training_cluster", "preflight_llamafactory.yml", "Check the LLaMA-Factory variables")
+TC = task_settings("training_cluster", "preflight.yml", "Check every platform variable")
+
+
+def vllm(**overrides: Any) -> Dict[str, Any]:
+    base = copy.deepcopy(VLLM)
+    base.update(api_key="k3y-0123456789abcdef")
+    base.update(overrides)
+    return base
+
+
+def lf(**overrides: Any) -> Dict[str, Any]:
+    base = copy.deepcopy(LF)
+    base.update(overrides)
+    return base
+
+
+def tc(**overrides: Any) -> Dict[str, Any]:
+    base = copy.deepcopy(TC)
+    base.update(image="registry.example.test/llm/llama-factory-train:0.9.5", port_forward_state_dir="/srv/pf")
+    base.update(overrides)
+    return base
+
+
+def fails(func, settings, variable: str, reason: str = "", *args: Any) -> str:
+    """The message of the K8sPlanError the settings raise; it starts with the variable and says the reason."""
+    with pytest.raises(K8sPlanError) as info:
+        func(settings, *args)
+    message = str(info.value)
+    assert message.startswith(variable), message
+    assert reason in message, message
+    return message
+
+
+# ---- the roles' defaults pass -------------------------------------------------------------------------
+def test_vllm_k8s_defaults_pass_and_plan_the_image_and_gpus() -> None:
+    plan = kp.plan_vllm_k8s(vllm())
+    assert plan["image"] == "vllm/vllm-openai:v0.32.0"
+    assert plan["gpus"] == 1 and plan["mode"] == "manifests"
+    assert plan["config"]["model"] == "/storage/models/merged-model"
+    assert "k3y-0123456789abcdef" not in repr(plan)
+
+
+def test_vllm_k8s_digest_pins_the_image() -> None:
+    assert kp.plan_vllm_k8s(vllm(image_digest=DIGEST))["image"] == f"vllm/vllm-openai:v0.32.0@{DIGEST}"
+    # latest is acceptable once a digest pins it
+    assert kp.plan_vllm_k8s(vllm(image_tag="latest", image_digest=DIGEST))["image"].endswith(DIGEST)
+
+
+def test_vllm_k8s_gpus_follow_the_parallelism_or_the_cpu() -> None:
+    server = {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}
+    assert kp.plan_vllm_k8s(vllm(server=server))["gpus"] == 4
+    cpu = {"device": "cpu", "kv_cache_memory_bytes": "4G"}
+    assert kp.plan_vllm_k8s(vllm(server=cpu))["gpus"] == 0
+
+
+def test_training_cluster_defaults_pass() -> None:
+    plan = kp.plan_llamafactory(lf())
+    assert plan["output_dir"] == plan["adapter_dir"] == "/storage/output/lora-adapter"
+    assert plan["export_dir"] == "/storage/models/merged-model"
+    assert plan["output_where"] == "training_cluster_adapter_dir"
+    assert kp.plan_training_cluster(tc(), plan)["storage_mount_path"] == "/storage"
+
+
+def test_every_settings_key_is_required() -> None:
+    settings = vllm()
+    del settings["strategy"]
+    fails(kp.plan_vllm_k8s, settings, "vllm_k8s_strategy", "missing from the settings")
+
+
+def test_the_training_plan_needs_the_llamafactory_plan() -> None:
+    with pytest.raises(K8sPlanError, match="llamafactory_plan"):
+        kp.plan_training_cluster(tc(), {})
+
+
+# ---- syntax helpers ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("8", Decimal(8)),
+        ("500m", Decimal("0.5")),
+        ("64Gi", Decimal(64 * 2**30)),
+        ("1.5G", Decimal("1.5e9")),
+        ("2e3", Decimal(2000)),
+        (".5", Decimal("0.5")),
+        (8, Decimal(8)),
+        (0.25, Decimal("0.25")),
+    ],
+)
+def test_parse_quantity_reads_the_kubernetes_grammar(text: Any, value: Decimal) -> None:
+    parsed = kp.parse_quantity(text)
+    assert parsed is not None and parsed[0] == value
+
+
+@pytest.mark.parametrize("text", ["64gi", "64GB", "1K", "eight", "", "1.2.3", "--1", True, None, "1 Gi"])
+def test_parse_quantity_refuses_what_the_api_server_refuses(text: Any) -> None:
+    assert kp.parse_quantity(text) is None
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "registry.example.test/llm/llama-factory-train:0.9.5",
+        "localhost:5000/train:1",
+        "curlimages/curl:8.11.1",
+        f"ghcr.io/mlflow/mlflow@{DIGEST}",
+        f"registry.internal:5000/a/b:1.0@{DIGEST}",
+        "[::1]:5000/x/y:v1",
+    ],
+)
+def test_pinned_image_references_pass(image: str) -> None:
+    kp.check_image(image, "img")
+
+
+@pytest.mark.parametrize(
+    ("image", "reason"),
+    [
+        ("registry.example.test/llm/train", "no tag means latest"),
+        ("ghcr.io/mlflow/mlflow:latest", "not pinned"),
+        ("Vllm/train:1", "not an image reference"),
+        ("registry.example.test/LLM/train:1", "lowercase"),
+        ("x/train@sha256:abc", "64 lowercase hex"),
+        (f"x/train@{DIGEST.upper()}", "64 lowercase hex"),
+        ("x/train:1 2", "not an image reference"),
+        ("x//train:1", "not an image reference"),
+    ],
+)
+def test_bad_image_references_fail(image: str, reason: str) -> None:
+    with pytest.raises(K8sPlanError, match=re.escape(reason)):
+        kp.check_image(image, "img")
+
+
+@pytest.mark.parametrize("key", ["team", "example.com/team", "app.kubernetes.io/name", "a_b.c-d", "x" * 63])
+def test_label_keys(key: str) -> None:
+    assert kp.check_label_key(key, "l") == key
+
+
+@pytest.mark.parametrize("key", ["-team", "team-", "a/b/c", "Example.com/x", "cost center", "x" * 64, "/x", 5])
+def test_bad_label_keys(key: Any) -> None:
+    with pytest.raises(K8sPlanError):
+        kp.check_label_key(key, "l")
+
+
+@pytest.mark.parametrize("value", ["", "true", "v1.2", "A_b-c"])
+def test_label_values(value: str) -> None:
+    kp.check_label_value(value, "l")
+
+
+@pytest.mark.parametrize("value", ["ml/platform", "-x", "x" * 64, True, 1, "a b"])
+def test_bad_label_values(value: Any) -> None:
+    with pytest.raises(K8sPlanError):
+        kp.check_label_value(value, "l")
+
+
+@pytest.mark.parametrize(
+    ("value", "dns1035", "ok"),
+    [("vllm-inference", True, True), ("8b-chat", True, False), ("8b-chat", False, True), ("a-", False, False)],
+)
+def test_dns_labels(value: str, dns1035: bool, ok: bool) -> None:
+    if ok:
+        kp.check_dns_label(value, "n", dns1035=dns1035)
+    else:
+        with pytest.raises(K8sPlanError, match="DNS-1"):
+            kp.check_dns_label(value, "n", dns1035=dns1035)
+
+
+@pytest.mark.parametrize(("value", "ok"), [("a.b-c.d", True), ("a..b", False), ("a.-b", False), ("A", False)])
+def test_dns_subdomains(value: str, ok: bool) -> None:
+    if ok:
+        kp.check_dns_subdomain(value, "n")
+    else:
+        with pytest.raises(K8sPlanError, match="subdomain"):
+            kp.check_dns_subdomain(value, "n")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("HF_TOKEN", "x", True),
+        ("WANDB_API_KEY", "x", True),
+        ("AWS_SECRET_ACCESS_KEY", "x", True),
+        ("DB_PASSWORD", "x", True),
+        ("RESULTS_DB", "postgresql://u:p@db/x", True),
+        ("NOTE", "hf_" + "a" * 30, True),
+        ("TOKENIZERS_PARALLELISM", "false", False),
+        ("MAX_NUM_BATCHED_TOKENS", "8192", False),
+        ("MLFLOW_TRACKING_PASSWORD_FILE", "/run/secrets/pw", False),
+        ("HF_TOKEN", "", False),
+        ("MLFLOW_TRACKING_URI", "http://mlflow:5000", False),
+    ],
+)
+def test_secret_reason(name: str, value: str, secret: bool) -> None:
+    assert bool(kp.secret_reason(name, value)) is secret
+
+
+def test_environment_never_echoes_values() -> None:
+    for env in ({"HF_TOKEN": SECRET}, {"X": f"https://u:{SECRET}@h/"}, {"A B": SECRET}):
+        with pytest.raises(K8sPlanError) as info:
+            kp.check_environment(env, "env", {})
+        assert SECRET not in str(info.value)
+
+
+def test_resources_follow_the_api_server() -> None:
+    gpu = "nvidia.com/gpu"
+    ok = {"requests": {"cpu": "500m", "memory": "1Gi", "example.com/fpga": 1}, "limits": {"example.com/fpga": "1"}}
+    kp.check_resources(ok, "r", gpu, "gpus")
+    cases = [
+        ({"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}, "more than the limit"),
+        ({"requests": {"example.com/fpga": "1"}}, "limit set"),
+        ({"requests": {"example.com/fpga": "1"}, "limits": {"example.com/fpga": "2"}}, "must equal"),
+        ({"limits": {"example.com/fpga": "1.5"}}, "whole number"),
+        ({"limits": {gpu: "1"}}, "set by the role from gpus"),
+        ({"limits": {"gpu": "1"}}, "not a container resource"),
+        ({"limits": {"memory": "512m"}}, "milli"),
+        ({"limits": {"memory": "-1Gi"}}, "negative"),
+        ({"limit": {"memory": "1Gi"}}, "unknown key"),
+        ({"limits": ["memory"]}, "mapping"),
+    ]
+    for spec, reason in cases:
+        with pytest.raises(K8sPlanError, match=re.escape(reason)):
+            kp.check_resources(spec, "r", gpu, "gpus")
+
+
+def test_tolerations_follow_the_api_server() -> None:
+    kp.check_tolerations(
+        [{"operator": "Exists"}, {"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute",
+                                  "tolerationSeconds": 30}],
+        "t",
+    )  # fmt: skip
+    cases = [
+        ([{"key": "k", "operator": "Exists", "value": "v"}], "t[0].value"),
+        ([{"operator": "Equal", "value": "v"}], "t[0].operator"),
+        ([{"key": "k", "operator": "Exists", "tolerationSeconds": 5}], "t[0].tolerationSeconds"),
+        ([{"key": "k", "operator": "In"}], "t[0].operator"),
+        ([{"key": "k", "operator": "Exists", "effect": "NoRun"}], "t[0].effect"),
+        ([{"key": "k", "tolerate": True}], "t[0].tolerate"),
+    ]
+    for tolerations, where in cases:
+        with pytest.raises(K8sPlanError, match=re.escape(where)):
+            kp.check_tolerations(tolerations, "t")
+
+
+def test_strategies_follow_the_api_server() -> None:
+    kp.check_strategy({"type": "Recreate"}, "s")
+    kp.check_strategy({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}, "s")
+    cases = [
+        ({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}}, "may not be 0"),
+        ({"type": "Recreate", "rollingUpdate": {}}, "Recreate"),
+        ({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "150%"}}, "100%"),
+        ({"type": "Rolling"}, "must be one of"),
+    ]
+    for strategy, reason in cases:
+        with pytest.raises(K8sPlanError, match=re.escape(reason)):
+            kp.check_strategy(strategy, "s")
+
+
+def test_mount_points() -> None:
+    assert kp.check_mount_point("/storage/", "m", kp.VLLM_POD_MOUNTS) == "/storage"
+    for path, reason in (("/usr/local", "system"), ("/", "system"), ("/tmp", "system"), ("/home/vllm/x", "own mount"),
+                         ("storage", "absolute"), ("/a/../b", "'..'")):  # fmt: skip
+        with pytest.raises(K8sPlanError, match=re.escape(reason)):
+            kp.check_mount_point(path, "m", kp.VLLM_POD_MOUNTS)
+
+
+# ---- vllm_k8s -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "variable", "reason"),
+    [
+        ({"name": "8b-chat"}, "vllm_k8s_name", "DNS-1035"),
+        ({"namespace": "kube-system"}, "vllm_k8s_namespace", "reserved"),
+        ({"replicas": "2"}, "vllm_k8s_replicas", "integer"),
+        ({"replicas": True}, "vllm_k8s_replicas", "integer"),
+        ({"labels": {"app.kubernetes.io/name": "x"}}, "vllm_k8s_labels.app.kubernetes.io/name", "set by the role"),
+        ({"network_policy_namespace_labels": [{}]}, "vllm_k8s_network_policy_namespace_labels[0]", "EVERY"),
+        ({"network_policy_namespace_labels": {"a": "b"}}, "vllm_k8s_network_policy_namespace_labels", "list"),
+        ({"pdb_max_unavailable": "0%"}, "vllm_k8s_pdb_max_unavailable", "drain"),
+        ({"pdb_max_unavailable": "half"}, "vllm_k8s_pdb_max_unavailable", "percentage"),
+        ({"image_repository": "vllm/vllm-openai:v1"}, "vllm_k8s_image_repository", "tag"),
+        ({"image_digest": "sha512:abc"}, "vllm_k8s_image_digest", "sha256"),
+        ({"image_tag": "latest"}, "vllm_k8s_image_tag", "vllm_k8s_image_digest"),
+        ({"image_tag": 0.32}, "vllm_k8s_image_tag", "quote"),
+        ({"command": []}, "vllm_k8s_command", "empty"),
+        ({"model_path": "/srv/model"}, "vllm_k8s_model_path", "not inside"),
+        ({"model_path": "/storage"}, "vllm_k8s_model_path", "not inside"),
+        ({"model_path": "org/model"}, "vllm_k8s_model_path", "HF_HUB_OFFLINE"),
+        ({"server": {"model": "/srv/m"}}, "vllm_k8s_server.model", "not inside"),
+        ({"server": {"host": "127.0.0.1"}}, "vllm_k8s_server.host", "0.0.0.0"),
+        ({"mode": "helm", "server": {"host": "::"}}, "vllm_k8s_server.host", "chart"),
+        ({"server": {"shutdown_timeout": 60}}, "vllm_k8s_server.shutdown_timeout", "terminationGrace"),
+        ({"gpus": 1, "server": {"tensor_parallel_size": 2}}, "vllm_k8s_gpus", "one GPU per worker"),
+        ({"wait_timeout": 100}, "vllm_k8s_wait_timeout", "gives up"),
+        ({"liveness_probe_timeout": 21}, "vllm_k8s_liveness_probe_timeout", "must not exceed"),
+        ({"environment": {"OMP_NUM_THREADS": 8}}, "vllm_k8s_environment.OMP_NUM_THREADS", "type int"),
+        ({"environment": {"VLLM_API_KEY": "x"}}, "vllm_k8s_environment.VLLM_API_KEY", "Secret"),
+        ({"api_key": "a key"}, "vllm_k8s_api_key", "HTTP header"),
+        ({"api_key": "", "api_key_secret_name": ""}, "vllm_k8s_api_key", "Ansible Vault"),
+        ({"api_key_secret_key": "a/b"}, "vllm_k8s_api_key_secret_key", "Secret key"),
+        ({"pvc_mount_path": "/dev/shm"}, "vllm_k8s_pvc_mount_path", "system"),
+        ({"service_monitor_interval": "soon"}, "vllm_k8s_service_monitor_interval", "duration"),
+        ({"helm_release": "Vllm"}, "vllm_k8s_helm_release", "DNS-1035"),
+        ({"helm_chart_ref": "vllm-stack"}, "vllm_k8s_helm_chart_ref", "<repository>/<chart>"),
+        ({"helm_chart_repo_url": "https://u:p@charts/x"}, "vllm_k8s_helm_chart_repo_url", "credentials"),
+        ({"helm_request_memory": 32}, "vllm_k8s_helm_request_memory", "quantity string"),
+        ({"mode": "helm", "name": "v" * 45}, "vllm_k8s_name", "engine-service"),
+        ({"mode": "helm", "pvc_mount_path": "/data", "model_path": "/data/m"}, "vllm_k8s_pvc_mount_path", "/data"),
+        ({"apply": "perhaps"}, "vllm_k8s_apply", "boolean"),
+    ],
+)
+def test_vllm_k8s_failures_name_the_variable(overrides: Dict[str, Any], variable: str, reason: str) -> None:
+    fails(kp.plan_vllm_k8s, vllm(**overrides), variable, reason)
+
+
+def test_vllm_k8s_never_echoes_the_api_key() -> None:
+    message = fails(kp.plan_vllm_k8s, vllm(api_key=SECRET + " x"), "vllm_k8s_api_key")
+    assert SECRET not in message
+    message = fails(kp.plan_vllm_k8s, vllm(api_key=SECRET + "\n"), "vllm_k8s_api_key", "control characters")
+    assert SECRET not in message
+
+
+def test_vllm_k8s_hugging_face_id_when_the_hub_is_online() -> None:
+    plan = kp.plan_vllm_k8s(vllm(model_path="org/model", environment={"HF_HUB_OFFLINE": "0"}))
+    assert plan["config"]["model"] == "org/model"
+
+
+# ---- training_cluster: LLaMA-Factory ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "variable", "reason"),
+    [
+        ({"merged_model_dir": "/storage/output/lora-adapter"}, "training_cluster_merged_model_dir", "is the training"),
+        ({"adapter_dir": "/storage/models"}, "training_cluster_merged_model_dir", "is inside the training output"),
+        ({"merged_model_dir": "/storage/output"}, "training_cluster_merged_model_dir", "contains the training"),
+        ({"adapter_dir": "/storage/models/merged-model/"}, "training_cluster_merged_model_dir", "is the training"),
+        ({"train_extra": {"output_dir": "/storage/x"}}, "training_cluster_train_extra.output_dir", "merge reads"),
+        (
+            {
+                "train_extra": {"output_dir": "/storage/models"},
+                "merge_extra": {"adapter_name_or_path": "/storage/models"},
+            },
+            "training_cluster_train_extra.output_dir",
+            "overwrite each other",
+        ),
+        ({"merge_extra": {"export_dir": "/storage/output"}}, "training_cluster_merge_extra.export_dir", "contains"),
+        ({"dataset_dir": "/storage/models/merged-model/d"}, "training_cluster_merged_model_dir", "datasets"),
+        ({"base_model": "/storage/output/lora-adapter/base"}, "training_cluster_adapter_dir", "base model"),
+        ({"train_extra": {"a b": 1}}, "training_cluster_train_extra['a b']", "bare YAML key"),
+        ({"dataset": ["a,b"]}, "training_cluster_dataset[0]", "one dataset"),
+        ({"dataset": "alpaca"}, "training_cluster_dataset", "list"),
+        ({"adapter_dir": "output"}, "training_cluster_adapter_dir", "absolute"),
+        ({"learning_rate": "nan"}, "training_cluster_learning_rate", "number"),
+        ({"learning_rate": 1}, "training_cluster_learning_rate", "between 0 and 1"),
+        ({"lora_dropout": 1.0}, "training_cluster_lora_dropout", "below 1"),
+        ({"max_steps": 0}, "training_cluster_max_steps", "at least 1"),
+        ({"cutoff_len": True}, "training_cluster_cutoff_len", "integer"),
+        ({"use_cpu": True, "precision": "fp16"}, "training_cluster_use_cpu", "GPU"),
+        ({"run_name": "a\nb"}, "training_cluster_run_name", "control"),
+    ],
+)
+def test_llamafactory_failures_name_the_variable(overrides: Dict[str, Any], variable: str, reason: str) -> None:
+    fails(kp.plan_llamafactory, lf(**overrides), variable, reason)
+
+
+def test_llamafactory_accepts_strings_from_extra_vars() -> None:
+    """`-e name=value` gives strings: integer and number strings count."""
+    kp.plan_llamafactory(lf(lora_rank="16", learning_rate="0.0002", max_steps="100", use_cpu="true"))
+
+
+# ---- training_cluster: the platform ---------------------------------------------------------------------
+def tc_fails(variable: str, reason: str = "", lf_overrides: Any = None, **overrides: Any) -> str:
+    return fails(
+        kp.plan_training_cluster, tc(**overrides), variable, reason, kp.plan_llamafactory(lf(**(lf_overrides or {})))
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable", "reason"),
+    [
+        ({"image": ""}, "training_cluster_image", "Dockerfile.train"),
+        ({"image": "x/train"}, "training_cluster_image", "not pinned"),
+        ({"gate_image": "curlimages/curl:latest"}, "training_cluster_gate_image", "not pinned"),
+        ({"image_pull_secrets": "regcred"}, "training_cluster_image_pull_secrets", "list"),
+        ({"namespace": "kube-system"}, "training_cluster_namespace", "reserved"),
+        ({"webui_name": "1ui"}, "training_cluster_webui_name", "DNS-1035"),
+        ({"mlflow_name": "llama-factory-webui"}, "training_cluster_mlflow_name", "overwrite each other"),
+        ({"mlflow_name": "vllm-inference"}, "training_cluster_mlflow_name", "replace vLLM"),
+        ({"gate_job_name": "llama-factory-merge"}, "training_cluster_gate_job_name", "deletes"),
+        ({"mlflow_credentials_secret_name": "hf-token"}, "training_cluster_mlflow_credentials_secret_name", "replaces"),
+        ({"mlflow_credentials_secret_name": "vllm-api-key"}, "training_cluster_mlflow_credentials_secret_name", "vLLM"),
+        ({"storage_size": "500m"}, "training_cluster_storage_size", "milli"),
+        ({"storage_size": 500}, "training_cluster_storage_size", "quantity string"),
+        (
+            {"storage_mode": "static_nfs", "nfs_server": "nfs://x", "nfs_path": "/e"},
+            "training_cluster_nfs_server",
+            "host",
+        ),
+        ({"storage_mount_path": "/"}, "training_cluster_storage_mount_path", "system"),
+        ({"config_mount_path": "/storage/config"}, "training_cluster_config_mount_path", "overlaps"),
+        ({"mlflow_storage_path": "/storage/ml'flow"}, "training_cluster_mlflow_storage_path", "unquoted"),
+        ({"mlflow_storage_path": "/var/mlflow"}, "training_cluster_mlflow_storage_path", "inside"),
+        ({"mlflow_storage_path": "/storage/output"}, "training_cluster_mlflow_storage_path", "overlaps"),
+        ({"mlflow_tracking_uri": "https://a:b@m"}, "training_cluster_mlflow_tracking_uri", "credentials"),
+        ({"mlflow_tracking_uri": "mlflow:5000"}, "training_cluster_mlflow_tracking_uri", "http(s)"),
+        ({"mlflow_tracking_username": "u"}, "training_cluster_mlflow_tracking_password", "together"),
+        ({"mlflow_backend": "database"}, "training_cluster_mlflow_database_uri", "empty"),
+        ({"mlflow_database_uri": "not a uri"}, "training_cluster_mlflow_database_uri", "database URI"),
+        ({"mlflow_enabled": False}, "training_cluster_mlflow_enabled", "report_to"),
+        (
+            {"environment": {"HUGGING_FACE_HUB_TOKEN": "x"}},
+            "training_cluster_environment.HUGGING_FACE_HUB_TOKEN",
+            "Secret",
+        ),
+        ({"environment": {"DB_PASSWORD": "x"}}, "training_cluster_environment.DB_PASSWORD", "credential"),
+        ({"train_resources": {"limits": {"nvidia.com/gpu": 1}}}, "training_cluster_train_resources", "train_gpus"),
+        ({"mlflow_resources": {"limits": {"nvidia.com/gpu": 1}}}, "training_cluster_mlflow_resources", "no GPU"),
+        ({"gpu_resource": "gpu"}, "training_cluster_gpu_resource", "domain-qualified"),
+        ({"port_forward_address": "0.0.0.0"}, "training_cluster_port_forward_address", "loopback"),
+        ({"port_forward_address": "127.0.0.1,10.0.0.5"}, "training_cluster_port_forward_address", "one loopback"),
+        ({"port_forward_address": "::1"}, "training_cluster_port_forward_address", "IPv6"),
+        ({"port_forward_vllm_port": 5000}, "training_cluster_port_forward_vllm_port", "cannot bind"),
+        ({"port_forward_state": "running"}, "training_cluster_port_forward_state", "one of"),
+        ({"vllm_served_model_name": "a b"}, "training_cluster_vllm_served_model_name", "JSON"),
+        ({"vllm_name": "1vllm"}, "training_cluster_vllm_name", "DNS-1035"),
+        ({"job_poll_interval": 120, "gate_timeout": 60}, "training_cluster_job_poll_interval", "gate_timeout"),
+        ({"job_ttl_seconds": -1}, "training_cluster_job_ttl_seconds", "at least 0"),
+        ({"hf_token": "hf_x y"}, "training_cluster_hf_token", "HTTP header"),
+        ({"labels": {"app.kubernetes.io/part-of": "x"}}, "training_cluster_labels", "set by the role"),
+    ],
+)
+def test_training_cluster_failures_name_the_variable(overrides: Dict[str, Any], variable: str, reason: str) -> None:
+    tc_fails(variable, reason, **overrides)
+
+
+def test_training_outputs_must_be_on_the_shared_volume() -> None:
+    tc_fails("training_cluster_adapter_dir", "shared volume", lf_overrides={"adapter_dir": "/out/adapter"})
+    tc_fails("training_cluster_merged_model_dir", "shared volume", lf_overrides={"merged_model_dir": "/models/m"})
+    extra = {"train_extra": {"output_dir": "/out/a"}, "merge_extra": {"adapter_name_or_path": "/out/a"}}
+    tc_fails("training_cluster_train_extra.output_dir", "shared volume", lf_overrides=extra)
+
+
+def test_inputs_may_come_with_the_image() -> None:
+    plan = kp.plan_llamafactory(lf(base_model="/opt/models/base", dataset_dir="/opt/data"))
+    kp.plan_training_cluster(tc(), plan)
+
+
+def test_disabled_components_free_their_names_and_ports() -> None:
+    plan = kp.plan_llamafactory(lf())
+    kp.plan_training_cluster(tc(webui_enabled=False, webui_name="vllm-inference", port_forward_webui_port=8000), plan)
+
+
+def test_training_cluster_never_echoes_secrets() -> None:
+    plan = kp.plan_llamafactory(lf())
+    for overrides in (
+        {"hf_token": SECRET + " x"},
+        {"mlflow_tracking_password": SECRET + "\n"},
+        {"mlflow_database_uri": SECRET},
+        {"mlflow_tracking_uri": f"https://u:{SECRET}@m"},
+        {"environment": {"X": f"postgresql://u:{SECRET}@db/x"}},
+    ):
+        with pytest.raises(K8sPlanError) as info:
+            kp.plan_training_cluster(tc(**overrides), plan)
+        assert SECRET not in str(info.value), overrides
+
+
+# ---- the filters ----------------------------------------------------------------------------------------
+def test_filters_are_registered_and_raise_filter_errors() -> None:
+    filters = FilterModule().filters()
+    assert set(filters) == {"vllm_k8s_plan", "llamafactory_plan", "training_cluster_plan"}
+    assert filters["vllm_k8s_plan"](vllm())["image"] == "vllm/vllm-openai:v0.32.0"
+    with pytest.raises(AnsibleFilterError, match=r"^vllm_k8s_name"):
+        filters["vllm_k8s_plan"](vllm(name="8b"))
+    with pytest.raises(AnsibleFilterError, match="expects a mapping"):
+        filters["llamafactory_plan"]([])
+    plan = filters["llamafactory_plan"](lf())
+    with pytest.raises(AnsibleFilterError, match=r"^training_cluster_port_forward_address"):
+        filters["training_cluster_plan"](tc(port_forward_address="0.0.0.0"), plan)
