@@ -171,13 +171,15 @@ def _as_list(value: Any, where: str) -> list:
     return list(value)
 
 
-def _text(value: Any, where: str, allow_empty: bool = True) -> str:
+def _text(value: Any, where: str, allow_empty: bool = True, echo: bool = True) -> str:
+    """A string without control characters; with echo false the value never appears in the message."""
+    shown = f" {value!r}" if echo else ""
     if not isinstance(value, str):
-        _fail(where, f"must be a string, got {_type_name(value)} {value!r}")
+        _fail(where, f"must be a string, got {_type_name(value)}{shown}")
     if not allow_empty and not value:
         _fail(where, "must not be empty")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        _fail(where, f"must not contain control characters (newlines, tabs, ...), got {value!r}")
+        _fail(where, "must not contain control characters (newlines, tabs, ...)" + (f", got {value!r}" if echo else ""))
     return value
 
 
@@ -480,12 +482,13 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
         )
     check_secret(s["hf_token"], "vllm_host_hf_token")
 
-    pip_index = _text(s["pip_index_url"], "vllm_host_pip_index_url")
+    # pip values may carry credentials: checked without echoing them.
+    pip_index = _text(s["pip_index_url"], "vllm_host_pip_index_url", echo=False)
     if pip_index and not re.match(r"^https?://[^\s]+\Z", pip_index):
         _fail("vllm_host_pip_index_url", f"must be an http(s) URL, got a {len(pip_index)}-character value")
     for var in ("pip_find_links", "pip_extra_args"):
         for i, value in enumerate(_as_list(s[var], "vllm_host_" + var)):
-            text = _text(value, f"vllm_host_{var}[{i}]")
+            text = _text(value, f"vllm_host_{var}[{i}]", echo=False)
             if URL_CREDENTIALS_RE.match(text) or re.search(r"://[^/@\s]*:[^/@\s]*@", text):
                 _fail(
                     f"vllm_host_{var}[{i}]",
@@ -556,6 +559,13 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
     ):
         s[var] = _as_int(s[var], "vllm_host_" + var, minimum=minimum)
     watchdog = _as_bool(s["watchdog"], "vllm_host_watchdog")
+    if watchdog and s["watchdog_start_grace"] < s["health_timeout"]:
+        # A first start is not under a maintenance marker: the grace must cover the whole health gate.
+        _fail(
+            "vllm_host_watchdog_start_grace",
+            "({} s) is shorter than vllm_host_health_timeout ({} s): the watchdog would kill an engine the health "
+            "gate still waits for while it loads".format(s["watchdog_start_grace"], s["health_timeout"]),
+        )
     if watchdog and s["watchdog_timeout"] > s["watchdog_interval"] * 6:
         _fail(
             "vllm_host_watchdog_timeout",
@@ -639,6 +649,19 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
                 f"lists {len(devices)} GPU(s) but tensor_parallel_size x pipeline_parallel_size is {needed}",
             )
         _check_served_names(config["served_model_name"] or [], where + ".served_model_name")
+        for i, word in enumerate(config["extra_args"]):
+            option = word.split("=", 1)[0].replace("_", "-") if word.startswith("--") else ""
+            if proxy and len(option) >= 4 and "--uds".startswith(option):
+                _fail(
+                    f"{where}.extra_args[{i}]",
+                    "--uds makes the engine listen on a Unix socket instead of the port the proxy forwards to",
+                )
+            if watchdog and option == "--disable-log-stats":
+                _fail(
+                    f"{where}.extra_args[{i}]",
+                    "--disable-log-stats hides the token counters the watchdog uses to tell a busy engine from a "
+                    "hung one; drop it or set vllm_host_watchdog to false",
+                )
         _check_model_location(config["model"], where + ".model", dirs["config"], ip_allow)
         for adapter, path in sorted(config["lora_modules"].items()):
             _check_model_location(path, f"{where}.lora_modules.{adapter}", dirs["config"], ["any"])

@@ -469,6 +469,26 @@ def _check_extra_args(args: List[str], where: str) -> None:
         if key in OWNED_FLAGS:
             name = OWNED_FLAGS[key]
             raise VllmConfigError(f"{where}[{i}]", f"{token} is rendered from the field {name}; set {name} instead")
+        owned = owned_flag_abbreviated(token)
+        if owned is not None:
+            name = OWNED_FLAGS[owned]
+            raise VllmConfigError(
+                f"{where}[{i}]",
+                f"{_option_name(token)} abbreviates {owned}, which is rendered from the field {name} (argparse takes "
+                f"the last value, so it would override it); set {name} instead",
+            )
+
+
+def owned_flag_abbreviated(token: str) -> Optional[str]:
+    """The field-owned flag that ``token`` abbreviates (argparse accepts unambiguous prefixes), or None.
+
+    ``--hos 0.0.0.0`` after the rendered ``--host 127.0.0.1`` would move an engine off loopback.
+    """
+    name = _option_name(token)
+    if name is None or len(name) < _MIN_ABBREVIATION or name in OWNED_FLAGS:
+        return None
+    matches = sorted(flag for flag in OWNED_FLAGS if flag.startswith("--") and flag.startswith(name))
+    return matches[0] if matches else None
 
 
 def normalize_server_config(cfg: Any, path: Optional[str] = None) -> Dict[str, Any]:

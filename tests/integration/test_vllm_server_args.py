@@ -304,3 +304,19 @@ def test_no_other_vllm_option_is_refused_as_a_secret(vllm):
                 if vs.forbidden_flag_for(spelling) is not None:
                     refused.append(spelling)
     assert refused == []
+
+
+def test_abbreviations_of_field_flags_are_refused_and_no_real_option_is(vllm):
+    """`--hos 0.0.0.0` after the rendered `--host 127.0.0.1` would win (argparse takes the last value): the
+    abbreviation is refused; every real option vLLM has, other than the fields' own, still passes."""
+    for word in ("--hos", "--por", "--served_model_n", "--served-model-n", "--max-model-l"):
+        with pytest.raises(vs.VllmConfigError, match="abbreviates"):
+            vs.normalize_server_config({"model": "m", "extra_args": [word, "1"]})
+    owned = set(vs.OWNED_FLAGS)
+    refused = [
+        word
+        for option in vllm["options"]
+        for word in option["strings"]
+        if word.startswith("--") and word not in owned and vs.owned_flag_abbreviated(word) is not None
+    ]
+    assert refused == []

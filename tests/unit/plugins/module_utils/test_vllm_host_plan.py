@@ -495,3 +495,30 @@ def test_type_names_are_the_builtin_ones():
     assert vp._type_name(TaggedStr("x")) == "str"
     assert vp._type_name(True) == "bool"
     assert vp._type_name(None) == "NoneType"
+
+
+@pytest.mark.parametrize("word", ["--uds", "--ud", "--uds=/run/x.sock"])
+def test_a_unix_socket_engine_is_refused_behind_the_proxy(word):
+    fails("vllm_host_instances[0].extra_args[0]", "Unix socket", **instances({"name": "main", "extra_args": [word]}))
+
+
+def test_hidden_stats_are_refused_while_the_watchdog_runs():
+    fails(
+        "vllm_host_instances[0].extra_args[0]",
+        "watchdog",
+        **instances({"name": "main", "extra_args": ["--disable-log-stats"]}),
+    )
+    plan_host(settings(watchdog=False, **instances({"name": "main", "extra_args": ["--disable-log-stats"]})))
+
+
+def test_the_start_grace_covers_the_health_gate():
+    fails("vllm_host_watchdog_start_grace", "health gate", watchdog_start_grace=60, health_timeout=300)
+    plan_host(settings(watchdog=False, watchdog_start_grace=60, health_timeout=300))
+
+
+def test_pip_values_are_never_echoed():
+    secret = "https://user:pa55word@mirror/simple\n"
+    message = fails("vllm_host_pip_index_url", pip_index_url=secret)
+    assert "pa55word" not in message
+    message = fails("vllm_host_pip_find_links[0]", pip_find_links=[secret])
+    assert "pa55word" not in message
