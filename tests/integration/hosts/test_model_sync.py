@@ -12,7 +12,8 @@ differently):
   manifest check with nothing switched, and the re-run completes -> a copy killed midway (the
   receiving rsync SIGKILLed while the weights are in flight) keeps the old version serving and a re-run
   completes -> two promotions started at once never interleave (the store's lock) -> too little disk
-  fails before copying.
+  fails before copying -> an upgrade from a layout without the TLS front: promote.yml stops before switching,
+  external.yml sets the front up and serves the new version behind it.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     weights.write_bytes(bytes(data))
     out["tiny-flipped"] = bad
     # Two more versions for the concurrent promotions: tiny-v2's and tiny's weights with their own READMEs.
-    for name, weights in (("tiny-v5", "tiny-v2"), ("tiny-v6", "tiny")):
+    for name, weights in (("tiny-v5", "tiny-v2"), ("tiny-v6", "tiny"), ("tiny-v7", "tiny-v2")):
         shutil.copytree(out[weights], base / name)
         (base / name / "README.md").write_text(f"tiny test model, {name}\n")
         out[name] = base / name
@@ -226,3 +227,25 @@ def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None
     # Versions beyond model_sync_keep (3) were pruned; current and previous remain.
     versions = fleet.ssh(f"ls {MODEL_DIR}/versions").split()
     assert len(versions) <= 3 and final.split("/")[1] in versions, versions
+
+    # 10. An upgrade from a layout without the TLS front: the instance serves plain HTTP on its port. promote.yml
+    #     (model_sync alone) cannot gate a new model through a front that is not there: it stops before
+    #     switching. external.yml sets the front up and restarts the instance on the new version behind it.
+    open_layout = {"vllm_host_proxy": False, "vllm_host_tls": False}
+    serving = "tiny-v5" if final.endswith(v5_version) else "tiny-v6"
+    rc, out, report = fleet.playbook("external.yml", model_sync_source=str(models[serving]), **open_layout)
+    assert rc == 0, failures(report) or out[-4000:]
+    assert fleet.ssh("systemctl is-active vllm-proxy || true").strip() != "active"
+    plain = fleet.ssh(
+        f"curl -s -H 'Authorization: Bearer {KEY}' -H 'Content-Type: application/json' "
+        '-d \'{"model": "tiny", "prompt": "hello world", "max_tokens": 8, "temperature": 0}\' '
+        "http://127.0.0.1:8000/v1/completions"
+    )
+    assert json.loads(plain)["choices"][0]["text"] == (text_v2 if serving == "tiny-v5" else text_v1), plain
+    rc, out, report = fleet.playbook("promote.yml", model_sync_source=str(models["tiny-v7"]))
+    assert rc != 0 and "without the TLS and API-key front" in failures(report), failures(report) or out[-4000:]
+    assert fleet.current() == final
+    rc, out, report = fleet.playbook("external.yml", model_sync_source=str(models["tiny-v7"]))
+    assert rc == 0, failures(report) or out[-4000:]
+    assert fleet.current() == f"versions/{digest(models['tiny-v7'])[:16]}"
+    assert answer(fleet) == text_v2  # tiny-v7 has tiny-v2's weights, served behind the front again
