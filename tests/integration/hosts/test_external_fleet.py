@@ -188,8 +188,14 @@ def test_every_route_is_locked_behind_the_key(fleet: Fleet) -> None:
         with socket.create_connection((fleet.addresses[HOSTS[0]], 8000), timeout=5) as raw:
             context.wrap_socket(raw, server_hostname=fleet.addresses[HOSTS[0]])
     # The unit restricts the engine's peers to localhost (enforced where the kernel supports cgroup BPF).
-    props = fleet.ssh("systemctl show vllm@main -p IPAddressDeny -p IPAddressAllow -p SocketBindDeny", HOSTS[0])
-    assert "IPAddressDeny=0.0.0.0/0 ::/0" in props and "127.0.0.0/8" in props, props
+    shown = fleet.ssh("systemctl show vllm@main -p IPAddressDeny -p IPAddressAllow -p SocketBindDeny", HOSTS[0])
+    props: dict[str, set[str]] = {}
+    for line in shown.splitlines():
+        key, _sep, value = line.partition("=")
+        props.setdefault(key, set()).update(value.split())
+    assert props.get("IPAddressDeny") == {"0.0.0.0/0", "::/0"}, shown  # systemd prints them in either order
+    assert props.get("IPAddressAllow") == {"127.0.0.0/8", "::1/128"}, shown
+    assert props.get("SocketBindDeny"), shown
 
 
 def engine_pid(fleet: Fleet, host: str) -> int:
