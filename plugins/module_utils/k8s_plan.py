@@ -28,12 +28,19 @@ from __future__ import absolute_import, division, print_function  # noqa: UP010
 __metaclass__ = type  # noqa: UP001
 
 import ipaddress
-import math
 import posixpath
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from ansible_collections.llmops.platform.plugins.module_utils.checks import (
+    HOSTNAME_RE,
+    URL_CREDENTIALS_RE,
+    ValueChecks,
+    within,
+)
+from ansible_collections.llmops.platform.plugins.module_utils.checks import item as _item
+from ansible_collections.llmops.platform.plugins.module_utils.checks import type_name as _type_name
 from ansible_collections.llmops.platform.plugins.module_utils.vllm_server import (
     VllmConfigError,
     normalize_server_config,
@@ -102,7 +109,6 @@ SECRET_WORDS = frozenset(("TOKEN", "PASSWORD", "PASSWD", "PASSPHRASE", "SECRET",
 SECRET_PAIRS = frozenset((("API", "KEY"), ("ACCESS", "KEY"), ("PRIVATE", "KEY"), ("SECRET", "KEY"), ("AUTH", "KEY")))
 # ... unless it names where the secret is (MLFLOW_TRACKING_PASSWORD_FILE).
 SECRET_LOCATION_WORDS = frozenset(("FILE", "PATH", "DIR"))
-URL_CREDENTIALS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]*@")
 TOKEN_VALUE_RE = re.compile(
     r"(^|[^A-Za-z0-9])(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})"
 )
@@ -138,9 +144,6 @@ SYSTEM_TREES = ("/bin", "/dev", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/
 SHELL_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]*\Z")
 # A LLaMA-Factory config key: written as a bare YAML key in the ConfigMap.
 CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
-HOSTNAME_RE = re.compile(
-    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
-)
 # The vLLM container's own mounts (templates/deployment.yaml.j2) and the LLaMA-Factory pods'.
 VLLM_POD_MOUNTS = ("/dev/shm", "/tmp", "/home/vllm")  # noqa: S108 - mount points, not temporary files
 TRAINING_POD_MOUNTS = ("/dev/shm", "/tmp", "/home/llama")  # noqa: S108 - mount points, not temporary files
@@ -148,100 +151,24 @@ TRAINING_POD_MOUNTS = ("/dev/shm", "/tmp", "/home/llama")  # noqa: S108 - mount 
 VLLM_TERMINATION_GRACE = 60
 
 
-# ---- value helpers -----------------------------------------------------------------------------------
-def _type_name(value: Any) -> str:
-    """``str`` for Ansible's tagged ``_AnsibleTaggedStr`` too: the builtin type a user would recognize."""
-    for cls in type(value).__mro__:
-        if cls.__module__ == "builtins" and cls is not object:
-            return cls.__name__
-    return type(value).__name__
+# ---- value helpers (checks.py) ---------------------------------------------------------------------
+_CHECKS = ValueChecks(K8sPlanError, blank_is_empty=True)
+_fail = _CHECKS.fail
+_as_int = _CHECKS.as_int
+_as_float = _CHECKS.as_float
+_as_bool = _CHECKS.as_bool
+_as_list = _CHECKS.as_list
+_as_mapping = _CHECKS.as_mapping
+_text = _CHECKS.text
+_choice = _CHECKS.choice
 
 
-def _fail(where: str, message: str) -> None:
-    raise K8sPlanError(f"{where}: {message}")
-
-
-def _as_int(
-    value: Any, where: str, minimum: Optional[int] = None, maximum: Optional[int] = None, strict: bool = False
-) -> int:
-    """An integer; with ``strict`` false an integer string counts too (``-e name=1`` gives ``'1'``).
-    Booleans are mistakes, not 0/1."""
-    number = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif not strict and isinstance(value, str) and re.match(r"^\s*[+-]?[0-9]+\s*\Z", value):
-        number = int(value)
-    if number is None:
-        hint = " (unquoted: the templates use it as a number)" if strict and isinstance(value, str) else ""
-        _fail(where, f"must be an integer{hint}, got {_type_name(value)} {value!r}")
-    if minimum is not None and number < minimum:
-        _fail(where, f"must be at least {minimum}, got {number}")
-    if maximum is not None and number > maximum:
-        _fail(where, f"must be at most {maximum}, got {number}")
-    return number  # type: ignore[return-value]
-
-
-def _as_float(value: Any, where: str) -> float:
-    number = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-    if number is None or math.isnan(number) or math.isinf(number):
-        _fail(where, f"must be a number, got {_type_name(value)} {value!r}")
-    return number  # type: ignore[return-value]
-
-
-def _as_bool(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-        return value.strip().lower() in ("true", "yes", "on", "1")
-    _fail(where, f"must be a boolean, got {_type_name(value)} {value!r}")
-    return False  # pragma: no cover
-
-
-def _as_list(value: Any, where: str) -> list:
-    if isinstance(value, (str, bytes, dict)) or not isinstance(value, (list, tuple)):
-        _fail(where, f"must be a list, got {_type_name(value)} {value!r}")
-    return list(value)
-
-
-def _as_mapping(value: Any, where: str) -> dict:
-    if not isinstance(value, dict):
-        _fail(where, f"must be a mapping, got {_type_name(value)} {value!r}")
-    return dict(value)
-
-
-def _has_control(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
-
-
-def _text(value: Any, where: str, allow_empty: bool = True, echo: bool = True) -> str:
-    if not isinstance(value, str):
-        _fail(where, f"must be a string, got {_type_name(value)}" + (f" {value!r}" if echo else ""))
-    if not allow_empty and not value.strip():
-        _fail(where, "must not be empty")
-    if _has_control(value):
-        _fail(where, "must not contain control characters (newlines, tabs, ...)" + (f", got {value!r}" if echo else ""))
-    return value
-
-
-def _item(where: str, key: Any) -> str:
-    """How a failure names one entry of a mapping: where.key, or where['odd key'] for a key that is not plain."""
-    if isinstance(key, str) and re.match(r"^[A-Za-z0-9_./-]+\Z", key):
-        return f"{where}.{key}"
-    return f"{where}[{key!r}]"
-
-
-def _choice(value: Any, where: str, choices: Iterable[str]) -> str:
-    options = tuple(choices)
-    if not isinstance(value, str) or value not in options:
-        _fail(where, "must be one of {}, got {!r}".format(", ".join(options), value))
-    return value
+def _known_keys(mapping: Dict[Any, Any], where: str, known: Iterable[str], message: str) -> None:
+    """Fail on a key of ``mapping`` that is not ``known``, naming it ``where.key``."""
+    known = tuple(known)
+    for key in sorted(mapping, key=str):
+        if key not in known:
+            _fail(f"{where}.{key}", message)
 
 
 class _Settings:
@@ -276,6 +203,14 @@ def check_dns_label(value: Any, where: str, max_length: int = 63, dns1035: bool 
     if len(text) > max_length:
         _fail(where, f"must be at most {max_length} characters{what}, got {len(text)} ({text!r})")
     return text
+
+
+def check_namespace(value: Any, where: str) -> str:
+    """A namespace: a DNS-1123 label outside Kubernetes' own kube-*."""
+    namespace = check_dns_label(value, where)
+    if namespace.startswith("kube-"):
+        _fail(where, f"{namespace} is reserved for Kubernetes' own components (kube-*)")
+    return namespace
 
 
 def check_dns_subdomain(value: Any, where: str, allow_empty: bool = False) -> str:
@@ -408,6 +343,17 @@ def check_quantity(
     return amount
 
 
+def check_quantity_string(value: Any, where: str, example: str, *, echo: bool = True) -> Decimal:
+    """A byte quantity written as a string (``example``: 16Gi); ``echo`` false leaves the value out of the
+    message about its type."""
+    if not isinstance(value, str):
+        _fail(
+            where,
+            f"must be a quantity string such as {example}, got {_type_name(value)}" + (f" {value!r}" if echo else ""),
+        )
+    return check_quantity(value, where, in_bytes=True)
+
+
 def _check_resource_name(name: Any, where: str, gpu_resource: str, gpu_variable: Optional[str]) -> str:
     if not isinstance(name, str):
         _fail(where, f"resource names must be strings, got {_type_name(name)} {name!r}")
@@ -438,9 +384,9 @@ def check_resources(
     """requests/limits as a real API server validates them: quantities, whole extended resources that
     are requested as much as limited, no request above its limit."""
     spec = _as_mapping(value, where)
-    for section in sorted(spec, key=str):
-        if section not in ("requests", "limits"):
-            _fail(f"{where}.{section}", "unknown key: a container's resources have only requests and limits")
+    _known_keys(
+        spec, where, ("requests", "limits"), "unknown key: a container's resources have only requests and limits"
+    )
     amounts = {}  # type: Dict[str, Dict[str, Decimal]]
     for section in ("requests", "limits"):
         if section not in spec:
@@ -488,9 +434,7 @@ def check_tolerations(value: Any, where: str) -> list:
     for i, entry in enumerate(_as_list(value, where)):
         item = f"{where}[{i}]"
         toleration = _as_mapping(entry, item)
-        for key in sorted(toleration, key=str):
-            if key not in TOLERATION_KEYS:
-                _fail(f"{item}.{key}", "unknown toleration field; known: {}".format(", ".join(TOLERATION_KEYS)))
+        _known_keys(toleration, item, TOLERATION_KEYS, "unknown toleration field; known: " + ", ".join(TOLERATION_KEYS))
         key = toleration.get("key", "")
         operator = toleration.get("operator", "Equal")
         value_ = toleration.get("value", "")
@@ -535,9 +479,9 @@ def _is_zero(value: Any) -> bool:
 def check_strategy(value: Any, where: str) -> dict:
     """A Deployment strategy the API server accepts."""
     strategy = _as_mapping(value, where)
-    for key in sorted(strategy, key=str):
-        if key not in ("type", "rollingUpdate"):
-            _fail(f"{where}.{key}", "unknown key: a Deployment strategy has type and rollingUpdate")
+    _known_keys(
+        strategy, where, ("type", "rollingUpdate"), "unknown key: a Deployment strategy has type and rollingUpdate"
+    )
     kind = _choice(strategy.get("type", "RollingUpdate"), f"{where}.type", ("RollingUpdate", "Recreate"))
     rolling = strategy.get("rollingUpdate")
     if kind == "Recreate":
@@ -545,9 +489,12 @@ def check_strategy(value: Any, where: str) -> dict:
             _fail(f"{where}.rollingUpdate", "may not be set when type is Recreate (the API server refuses it)")
         return strategy
     rolling = _as_mapping(rolling if rolling is not None else {}, f"{where}.rollingUpdate")
-    for key in sorted(rolling, key=str):
-        if key not in ("maxSurge", "maxUnavailable"):
-            _fail(f"{where}.rollingUpdate.{key}", "unknown key: rollingUpdate has maxSurge and maxUnavailable")
+    _known_keys(
+        rolling,
+        f"{where}.rollingUpdate",
+        ("maxSurge", "maxUnavailable"),
+        "unknown key: rollingUpdate has maxSurge and maxUnavailable",
+    )
     surge = check_int_or_percent(rolling.get("maxSurge", "25%"), f"{where}.rollingUpdate.maxSurge")
     unavailable = check_int_or_percent(rolling.get("maxUnavailable", "25%"), f"{where}.rollingUpdate.maxUnavailable")
     if _is_zero(surge) and _is_zero(unavailable):
@@ -642,10 +589,6 @@ def check_header_secret(value: Any, where: str) -> str:
 
 
 # ---- paths -----------------------------------------------------------------------------------------
-def within(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
 def overlaps(first: str, second: str) -> bool:
     """The same directory, or one inside the other."""
     return within(first, second) or within(second, first)
@@ -743,9 +686,7 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
     flags = {key: _as_bool(s(key), s.name(key)) for key in _VLLM_BOOLEANS}
 
     # Names. The Deployment's pods are <name>-<10>-<5>; the Service needs a DNS-1035 label.
-    namespace = check_dns_label(s("namespace"), s.name("namespace"))
-    if namespace.startswith("kube-"):
-        _fail(s.name("namespace"), f"{namespace} is reserved for Kubernetes' own components (kube-*)")
+    check_namespace(s("namespace"), s.name("namespace"))
     name = check_dns_label(s("name"), s.name("name"), max_length=52, dns1035=True, what=" (it names the Service)")
     secret_name = check_dns_subdomain(s("api_key_secret_name"), s.name("api_key_secret_name"), allow_empty=True)
     check_data_key(s("api_key_secret_key"), s.name("api_key_secret_key"))
@@ -822,9 +763,7 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
     check_labels(s("node_selector"), s.name("node_selector"), what="node selector")
     check_tolerations(s("tolerations"), s.name("tolerations"))
     check_dns_subdomain(s("runtime_class_name"), s.name("runtime_class_name"), allow_empty=True)
-    if not isinstance(s("shm_size"), str):
-        _fail(s.name("shm_size"), f"must be a quantity string such as 16Gi, got {_type_name(s('shm_size'))}")
-    check_quantity(s("shm_size"), s.name("shm_size"), in_bytes=True)
+    check_quantity_string(s("shm_size"), s.name("shm_size"), "16Gi", echo=False)
     check_strategy(s("strategy"), s.name("strategy"))
     env = check_environment(
         s("environment"),
@@ -914,9 +853,7 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
         _fail(s.name("helm_chart_version"), f"must not contain spaces, got {version!r}")
     _as_int(s("helm_request_cpu"), s.name("helm_request_cpu"), 1, 1024, strict=True)
     for key in ("helm_request_memory", "helm_pvc_storage"):
-        if not isinstance(s(key), str):
-            _fail(s.name(key), f"must be a quantity string such as 32Gi, got {_type_name(s(key))} {s(key)!r}")
-        check_quantity(s(key), s.name(key), in_bytes=True)
+        check_quantity_string(s(key), s.name(key), "32Gi")
     _as_mapping(s("helm_values"), s.name("helm_values"))
     if mode == "helm":
         service = f"{release}-{name}{_HELM_SERVICE_SUFFIX}"
@@ -1203,9 +1140,7 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
     numbers = {key: _as_int(s(key), s.name(key), low, high) for key, low, high in _TC_BOUNDS}
 
     # Names.
-    namespace = check_dns_label(s("namespace"), s.name("namespace"))
-    if namespace.startswith("kube-"):
-        _fail(s.name("namespace"), f"{namespace} is reserved for Kubernetes' own components (kube-*)")
+    check_namespace(s("namespace"), s.name("namespace"))
     for key in ("webui_name", "mlflow_name", "vllm_name"):
         check_dns_label(s(key), s.name(key), max_length=52, dns1035=True, what=" (it names a Service)")
     for key in ("train_job_name", "merge_job_name", "gate_job_name"):
@@ -1247,10 +1182,7 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
 
     # Storage.
     mode = _choice(s("storage_mode"), s.name("storage_mode"), ("storage_class", "static_nfs"))
-    size = s("storage_size")
-    if not isinstance(size, str):
-        _fail(s.name("storage_size"), f"must be a quantity string such as 500Gi, got {_type_name(size)} {size!r}")
-    check_quantity(size, s.name("storage_size"), in_bytes=True)
+    check_quantity_string(s("storage_size"), s.name("storage_size"), "500Gi")
     check_dns_subdomain(s("storage_class"), s.name("storage_class"), allow_empty=True)
     if mode == "static_nfs":
         server = _text(s("nfs_server"), s.name("nfs_server"), allow_empty=False)
@@ -1295,10 +1227,7 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
     check_labels(s("node_selector"), s.name("node_selector"), what="node selector")
     check_tolerations(s("tolerations"), s.name("tolerations"))
     check_dns_subdomain(s("runtime_class_name"), s.name("runtime_class_name"), allow_empty=True)
-    shm = s("shm_size")
-    if not isinstance(shm, str):
-        _fail(s.name("shm_size"), f"must be a quantity string such as 16Gi, got {_type_name(shm)} {shm!r}")
-    check_quantity(shm, s.name("shm_size"), in_bytes=True)
+    check_quantity_string(s("shm_size"), s.name("shm_size"), "16Gi")
     reserved = {
         name: f"comes from a Secret ({source}); a plain environment value is readable by anyone who can read the Job"
         for name, source in _TC_SECRET_ENV.items()

@@ -27,6 +27,14 @@ import posixpath
 import re
 from typing import Any, Dict, List, Optional
 
+from ansible_collections.llmops.platform.plugins.module_utils.checks import (
+    HOSTNAME_RE,
+    URL_CREDENTIALS_RE,
+    ValueChecks,
+    has_control,
+)
+from ansible_collections.llmops.platform.plugins.module_utils.checks import type_name as _type_name
+from ansible_collections.llmops.platform.plugins.module_utils.checks import within as _within
 from ansible_collections.llmops.platform.plugins.module_utils.vllm_server import (
     VllmConfigError,
     normalize_server_config,
@@ -110,13 +118,9 @@ UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.@%-]{1,200}\.(service|target|socket|ti
 ROUTE_RE = re.compile(r"^/[A-Za-z0-9._~/-]*\Z")
 # A model that is not an absolute path is a Hugging Face repository id: `name` or `org/name`.
 HF_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?\Z")
-HOSTNAME_RE = re.compile(
-    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
-)
 # The first served model name goes unquoted into the watchdog's environment file, where systemd reads
 # quotes and backslashes as syntax.
 ENV_FILE_UNSAFE = re.compile(r"[\"'\\]")
-URL_CREDENTIALS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]*@")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 ANY_ADDRESSES = ("0.0.0.0", "::", "*")  # noqa: S104 - names of the wildcard address, not a bind
 # Wildcards that listen on IPv4 only (HAProxy's `*` and an empty address are IPv4; uvicorn's 0.0.0.0 too).
@@ -126,65 +130,13 @@ SECRET_RE = re.compile(r"^[\x21-\x7e]+\Z")
 MIN_KEY_LENGTH = 16
 
 
-def _type_name(value: Any) -> str:
-    """``str`` for Ansible's tagged ``_AnsibleTaggedStr`` too: the builtin type a user would recognize."""
-    for cls in type(value).__mro__:
-        if cls.__module__ == "builtins" and cls is not object:
-            return cls.__name__
-    return type(value).__name__
-
-
-def _fail(where: str, message: str) -> None:
-    raise HostPlanError(f"{where}: {message}")
-
-
-def _as_int(value: Any, where: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
-    """An integer from YAML or extra vars (which arrive as strings); bools are mistakes, not 0/1."""
-    number = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif (isinstance(value, str) and re.match(r"^\s*[+-]?[0-9]+\s*$", value)) or (
-        isinstance(value, float) and value.is_integer()
-    ):
-        number = int(value)
-    if number is None:
-        _fail(where, f"must be an integer, got {_type_name(value)} {value!r}")
-    if minimum is not None and number < minimum:
-        _fail(where, f"must be at least {minimum}, got {number}")
-    if maximum is not None and number > maximum:
-        _fail(where, f"must be at most {maximum}, got {number}")
-    return number  # type: ignore[return-value]
-
-
-def _as_bool(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-        return value.strip().lower() in ("true", "yes", "on", "1")
-    _fail(where, f"must be a boolean, got {_type_name(value)} {value!r}")
-    return False  # pragma: no cover
-
-
-def _as_list(value: Any, where: str) -> list:
-    if isinstance(value, (str, bytes, dict)) or not isinstance(value, (list, tuple)):
-        _fail(where, f"must be a list, got {_type_name(value)} {value!r}")
-    return list(value)
-
-
-def _text(value: Any, where: str, allow_empty: bool = True, echo: bool = True) -> str:
-    """A string without control characters; with echo false the value never appears in the message."""
-    shown = f" {value!r}" if echo else ""
-    if not isinstance(value, str):
-        _fail(where, f"must be a string, got {_type_name(value)}{shown}")
-    if not allow_empty and not value:
-        _fail(where, "must not be empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        _fail(where, "must not contain control characters (newlines, tabs, ...)" + (f", got {value!r}" if echo else ""))
-    return value
-
-
-def _within(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
+# The shared value checks (checks.py), raising HostPlanError; also imported from here by model_sync_plan.py.
+_CHECKS = ValueChecks(HostPlanError, integral_floats=True)
+_fail = _CHECKS.fail
+_as_int = _CHECKS.as_int
+_as_bool = _CHECKS.as_bool
+_as_list = _CHECKS.as_list
+_text = _CHECKS.text
 
 
 def hidden_by_sandbox(path: str) -> Optional[str]:
@@ -247,7 +199,7 @@ def _check_environment(env: Any, where: str) -> Dict[str, str]:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             _fail(key_where, f"must be a string or a number, got {_type_name(value)}")
         text = str(value)
-        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        if has_control(text):
             # Not echoed: an environment value may be a secret.
             _fail(key_where, "must not contain newlines or other control characters (it goes into an environment file)")
     return env

@@ -12,8 +12,10 @@ Reusable by every integration test:
   ansible-playbook and the ansible.posix.json callback, return the parsed per-task results.
   `start_playbook(...)` does the same in the background (for "the module waits, then the server starts").
 * `run_role_cases(role, tag, baseline, hosts, workdir)`: ONE ansible-playbook run of a role's tagged tasks
-  against one inventory host per test case (the preflight tests: one bad variable per host). Per case,
-  `assert_fails_in_variable_checks(...)` and `assert_passes_variable_checks(...)` read that host's results.
+  against one inventory host per test case (the preflight tests: one bad variable per host; `case_hosts`,
+  `case_overrides` and `LOCAL_HOST` make the inventory). Per case, `assert_fails_in_variable_checks(...)`
+  and `assert_passes_variable_checks(...)` read that host's results, `secrets_in(overrides, mark)` lists
+  the secrets it must not print; `assert_one_run_for_every_case(...)` checks the run as a whole.
 
 The tiny models come from $LLMOPS_FIXTURES and vLLM from $LLMOPS_VLLM_VENV (scripts/run exports both).
 Modules run with the system Python (/usr/bin/python3), which has no Ansible installed: that proves they
@@ -408,9 +410,31 @@ class CaseRun(NamedTuple):
     seconds: float
 
 
+# Host vars that run a case host's tasks on this controller, with the Python that runs Ansible.
+LOCAL_HOST = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
+
+
 def case_hosts(names: Iterable[str]) -> Dict[str, str]:
     """Case name -> its inventory host (case-000, case-001, ... in the order given)."""
     return {name: f"case-{index:03d}" for index, name in enumerate(names)}
+
+
+def case_overrides(
+    hosts: Dict[str, str], cases: Dict[str, VariableCase], valid_cases: Dict[str, Dict[str, Any]]
+) -> Dict[str, Dict[str, Any]]:
+    """Inventory host (from `case_hosts`) -> the overrides of its case: a bad case's, or a valid configuration."""
+    return {host: cases[name].overrides if name in cases else valid_cases[name] for name, host in hosts.items()}
+
+
+def secrets_in(value: Any, mark: str) -> List[str]:
+    """Every string in a case's overrides (keys and values, at any depth) that carries `mark`."""
+    if isinstance(value, str):
+        return [value] if mark in value else []
+    if isinstance(value, dict):
+        return secrets_in(list(value.values()), mark) + secrets_in(list(value), mark)
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in secrets_in(v, mark)]
+    return []
 
 
 def run_role_cases(
@@ -496,12 +520,24 @@ def assert_passes_variable_checks(
     secrets: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """A valid case's host failed in no task but those named in `allowed_failures` ('[Task name'
-    prefixes: host checks a controller cannot pass; none when empty), changed nothing, and none of
-    `secrets` reached the output. Returns the host's stats."""
+    prefixes: host checks a controller cannot pass; when empty, the host ran tasks and failed none),
+    changed nothing, and none of `secrets` reached the output. Returns the host's stats."""
     messages = report_failures(host_report(run.report, host))
     unexpected = [m for m in messages if not (allowed_failures and m.startswith(allowed_failures))]
     assert not unexpected, f"{case}: {messages}"
     stats = run.report["stats"][host]
     assert stats["changed"] == 0, f"{case}: {stats}"
+    if not allowed_failures:
+        assert stats["failures"] == 0 and stats["ok"] > 0, f"{case}: {stats}"
     assert not leaked(run.output, secrets), f"{case}: a secret leaked into the output"
     return stats
+
+
+def assert_one_run_for_every_case(
+    run: CaseRun, hosts: Dict[str, str], *, mark: str, what: str, max_seconds: float = 180
+) -> None:
+    """Every case host is in the one run's stats, no `what` (a string carrying `mark`) reached the
+    output, and the run stayed quick (CI time)."""
+    assert set(run.report["stats"]) == set(hosts.values())
+    assert mark not in run.output, f"{what} reached the output"
+    assert run.seconds < max_seconds, f"the preflight run took {run.seconds:.0f} s"

@@ -8,12 +8,14 @@ Use from any test module (pytest runs in importlib mode, so put tests/k8s on sys
 ``k8s_emulator`` starts tests/k8s/emulator.py as a separate process on a free 127.0.0.1 port with its
 own kubeconfig, exactly as molecule does, and stops it at teardown. It yields an ``Emulator`` with the
 URL, the kubeconfig path and small helpers to read objects and write a status.
+
+``run_role`` plays a role (or one of its task files) against an emulator; ``assert_failed_before_apply``,
+``assert_applied`` and ``assert_predicted_without_writing`` judge such a run by what the emulator holds.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
+import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -30,7 +33,7 @@ for folder in (HERE, HERE.parent / "integration"):
         sys.path.insert(0, str(folder))
 
 import emulator as emu  # noqa: E402
-from itest_support import report_failures  # noqa: E402
+from itest_support import ansible_env, leaked, report_failures  # noqa: E402
 
 
 @dataclass
@@ -88,14 +91,9 @@ def run_playbook(
         varsfile.write_text(json.dumps(extra_vars))
         command += ["-e", f"@{varsfile}"]
     command += args or []
-    env = {
-        **os.environ,
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".collections"),
-        "ANSIBLE_NOCOLOR": "1",
-    }
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout, check=False)
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env=ansible_env(), cwd=cwd, timeout=timeout, check=False
+    )
     report = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
     return PlaybookRun(proc.returncode, report, proc.stdout + proc.stderr)
 
@@ -123,16 +121,48 @@ class PlaybookRun:
         return report_failures(self.report)
 
 
+def role_play(role: str, tasks_from: Optional[str] = None) -> str:
+    """A play on localhost (with the Python that runs Ansible) of `role`, or with `tasks_from` of that
+    file of the role only (include_role)."""
+    play: Dict[str, Any] = {
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}"},
+    }
+    if tasks_from is None:
+        play["roles"] = [role]
+    else:
+        play["tasks"] = [{"ansible.builtin.include_role": {"name": role, "tasks_from": tasks_from}}]
+    return yaml.safe_dump([play], sort_keys=False)
+
+
+def run_role(
+    emulator: Emulator,
+    workdir: Path,
+    role: str,
+    extra_vars: Dict[str, Any],
+    *,
+    tasks_from: Optional[str] = None,
+    args: Optional[List[str]] = None,
+) -> PlaybookRun:
+    """Play `role` (see role_play) against the emulator: `<role>_kubeconfig` is its kubeconfig."""
+    play = workdir / "play.yml"
+    play.write_text(role_play(role, tasks_from))
+    kubeconfig = {role.rsplit(".", 1)[-1] + "_kubeconfig": str(emulator.kubeconfig)}
+    return run_playbook(play, cwd=workdir, extra_vars={**extra_vars, **kubeconfig}, args=args)
+
+
 def written_objects(emulator: Emulator, paths: Sequence[str]) -> List[str]:
     """Every object the emulator holds under these API collection paths, as 'path/name'."""
     return [f"{path}/{o['metadata']['name']}" for path in paths for o in emulator.items(path)]
 
 
 def assert_failed_before_apply(
-    run: PlaybookRun, emulator: Emulator, paths: Sequence[str], *, case: str, variable: str, secret: str
+    run: PlaybookRun, emulator: Emulator, paths: Sequence[str], *, case: str, variable: str, secrets: Sequence[str]
 ) -> None:
     """A role's preflight stopped the play: it failed naming `variable`, changed nothing, wrote no
-    object under `paths`, and never printed `secret`."""
+    object under `paths`, and printed none of `secrets`."""
     assert run.rc != 0, f"{case}: the play succeeded\n{run.output[-3000:]}"
     messages = run.failures()
     assert messages, f"{case}: no failed task in the report\n{run.output[-3000:]}"
@@ -140,4 +170,29 @@ def assert_failed_before_apply(
     assert run.stats.get("changed", 0) == 0, f"{case}: something changed before the failure: {run.stats}"
     written = written_objects(emulator, paths)
     assert written == [], f"{case}: objects were written: {written}"
-    assert secret not in run.output, f"{case}: a secret leaked into the output"
+    assert not leaked(run.output, secrets), f"{case}: a secret leaked into the output"
+
+
+def assert_applied(
+    run: PlaybookRun, emulator: Emulator, paths: Sequence[str], expected: Sequence[str], *, secrets: Sequence[str]
+) -> List[str]:
+    """The play succeeded and changed something, the emulator holds every `expected` object ('path/name',
+    as written_objects lists those under `paths`), and none of `secrets` was printed. Returns the objects."""
+    assert run.rc == 0, run.output[-3000:]
+    assert run.stats["changed"] > 0, run.stats
+    written = written_objects(emulator, paths)
+    missing = [name for name in expected if name not in written]
+    assert not missing, f"not written: {missing}; written: {written}"
+    assert not leaked(run.output, secrets), "a secret leaked into the output"
+    return written
+
+
+def assert_predicted_without_writing(
+    run: PlaybookRun, emulator: Emulator, paths: Sequence[str], *, secrets: Sequence[str]
+) -> None:
+    """A first --check run on an empty cluster: it succeeded, predicted changes (at least the namespace
+    and one object in it), wrote no object under `paths`, and printed none of `secrets`."""
+    assert run.rc == 0, run.output[-3000:]
+    assert run.stats["changed"] >= 2, run.stats
+    assert written_objects(emulator, paths) == []
+    assert not leaked(run.output, secrets), "a secret leaked into the output"

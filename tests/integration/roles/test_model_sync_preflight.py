@@ -14,10 +14,12 @@ from typing import Any, Dict, List
 
 import pytest
 from itest_support import (
+    LOCAL_HOST,
     CaseRun,
     assert_fails_in_variable_checks,
     assert_passes_variable_checks,
     case_hosts,
+    case_overrides,
     run_role_cases,
     task_name,
 )
@@ -130,12 +132,8 @@ HOSTS = case_hosts([*CASES, *VALID_CASES])
 def preflight(tmp_path_factory: pytest.TempPathFactory) -> CaseRun:
     """One ansible-playbook run of the role's preflight against every case host."""
     work = tmp_path_factory.mktemp("model-sync-preflight")
-    baseline = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-        "model_sync_source": "/storage/models/merged-model",
-    }
-    hosts = {host: CASES[name].overrides if name in CASES else VALID_CASES[name] for name, host in HOSTS.items()}
+    baseline = {**LOCAL_HOST, "model_sync_source": "/storage/models/merged-model"}
+    hosts = case_overrides(HOSTS, CASES, VALID_CASES)
     return run_role_cases("llmops.platform.model_sync", "model_sync_preflight", baseline, hosts, work)
 
 
@@ -152,8 +150,7 @@ def test_bad_variable_fails_in_preflight_naming_it(preflight: CaseRun, case: str
 
 @pytest.mark.parametrize("case", list(VALID_CASES))
 def test_valid_variables_pass_the_preflight(preflight: CaseRun, case: str) -> None:
-    stats = assert_passes_variable_checks(preflight, case, HOSTS[case])  # no failure at all
-    assert stats["ok"] >= 1 and stats["failures"] == 0, stats
+    assert_passes_variable_checks(preflight, case, HOSTS[case])  # no failure at all, tasks ran
 
 
 def test_only_the_variable_checks_run(preflight: CaseRun) -> None:

@@ -19,15 +19,19 @@ they stop at the host assert (HOST_CHECKS), which is what proves the variable ch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
 from itest_support import (
+    LOCAL_HOST,
     CaseRun,
     assert_fails_in_variable_checks,
+    assert_one_run_for_every_case,
     assert_passes_variable_checks,
     case_hosts,
+    case_overrides,
     run_role_cases,
+    secrets_in,
     task_name,
 )
 from itest_support import VariableCase as Case
@@ -489,17 +493,6 @@ def replaying_nvidia_smi(directory: Path) -> Path:
 HOSTS = case_hosts([*CASES, *VALID_CASES])
 
 
-def secrets_in(value: Any) -> List[str]:
-    """Every string in a case's overrides that carries KEY_MARK."""
-    if isinstance(value, str):
-        return [value] if KEY_MARK in value else []
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in secrets_in(v)] + [s for k in value for s in secrets_in(k)]
-    if isinstance(value, (list, tuple)):
-        return [s for v in value for s in secrets_in(v)]
-    return []
-
-
 def valid_key(host: str) -> str:
     return f"{KEY_MARK}-valid-key-{host}"
 
@@ -523,8 +516,7 @@ def preflight(tmp_path_factory: pytest.TempPathFactory) -> CaseRun:
     for path in files.values():
         Path(path).write_text("not checked in preflight\n")
     baseline = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        **LOCAL_HOST,
         "vllm_host_profile": "cpu",
         "vllm_host_model_path": "/srv/models/tiny",
         "vllm_host_served_model_name": "tiny",
@@ -532,10 +524,8 @@ def preflight(tmp_path_factory: pytest.TempPathFactory) -> CaseRun:
         "vllm_host_tls_local_ca_dir": str(work / "ca"),
         "vllm_host_nvidia_smi_path": str(replaying_nvidia_smi(work)),
     }
-    hosts = {}
-    for name, host in HOSTS.items():
-        overrides = CASES[name].overrides if name in CASES else VALID_CASES[name]
-        hosts[host] = {"vllm_host_api_key": valid_key(host), **substitute(overrides, files)}
+    overrides = case_overrides(HOSTS, CASES, VALID_CASES)
+    hosts = {host: {"vllm_host_api_key": valid_key(host), **substitute(overrides[host], files)} for host in overrides}
     # Only the preflight runs (tag), so even a valid configuration never installs anything here.
     return run_role_cases("llmops.platform.vllm_host", "vllm_host_preflight", baseline, hosts, work)
 
@@ -543,7 +533,7 @@ def preflight(tmp_path_factory: pytest.TempPathFactory) -> CaseRun:
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_variable_fails_in_preflight_naming_it(preflight: CaseRun, case: str) -> None:
     host = HOSTS[case]
-    secrets = [valid_key(host), *secrets_in(CASES[case].overrides)]
+    secrets = [valid_key(host), *secrets_in(CASES[case].overrides, KEY_MARK)]
     messages = assert_fails_in_variable_checks(
         preflight, case, host, CASES[case], variable_checks=VARIABLE_CHECKS, plan_task=PLAN_TASK, secrets=secrets
     )
@@ -578,8 +568,6 @@ def test_one_gpu_host_passes_the_gpu_checks(preflight: CaseRun) -> None:
 
 
 def test_one_run_for_every_case(preflight: CaseRun) -> None:
-    """Every case host is in the one run's stats, and the run stays quick (CI time)."""
-    assert set(preflight.report["stats"]) == set(HOSTS.values())
-    assert KEY_MARK not in preflight.output, "a key, token or secret-like value reached the output"
+    """Every case host is in the one run's stats, no key reached the output, and the run stays quick (CI time)."""
+    assert_one_run_for_every_case(preflight, HOSTS, mark=KEY_MARK, what="a key, token or secret-like value")
     assert len(CASES) >= 65
-    assert preflight.seconds < 180, f"the preflight run took {preflight.seconds:.0f} s"
