@@ -646,6 +646,8 @@ _VLLM_BOOLEANS = (
     "pdb",
     "service_monitor",
     "wait",
+    "wait_for_model",
+    "teardown_model_record",
 )
 # The chart names the engine's Service {release}-{name}-engine-service (a DNS-1035 label).
 _HELM_SERVICE_SUFFIX = "-engine-service"
@@ -1025,8 +1027,6 @@ _TC_BOOLEANS = (
     "create_namespace",
     "webui_enabled",
     "mlflow_enabled",
-    "reload_vllm",
-    "vllm_reload_wait",
     "port_forward_start",
     "teardown_storage",
 )
