@@ -18,6 +18,10 @@ server-side apply of a new object fails, and objects get no ``uid``/``resourceVe
 * a ``status`` subresource where discovery declares one: writes to the object keep its status and
   ``PUT/PATCH .../status`` changes only the status, so a test can mark a Job ``Complete``/``Failed``
   or a Deployment available and exercise wait logic both ways (``set_status`` below);
+* the pods' ``log`` subresource (``GET /api/v1/namespaces/NS/pods/NAME/log``, ``tailLines`` and
+  ``limitBytes`` honoured, ``container``/``previous``/``sinceSeconds`` ignored) served as text from
+  ``<pod-log-dir>/NS/NAME.log``, the files tests/k8s/node.py writes (default pod-log dir:
+  ``<kubeconfig's directory>/pod-logs``): 404 when the pod does not exist, empty when it has no log;
 * CustomResourceDefinitions register their resources in discovery (and report ``Established``), so
   "create the ServiceMonitor only when its CRD exists" can be tested both ways;
 * two normalisations the real API server does and that break idempotence when a role gets them
@@ -25,13 +29,13 @@ server-side apply of a new object fails, and objects get no ``uid``/``resourceVe
   ``stringData`` is folded into base64 ``data``.
 
 What it does NOT do (see docs/kubernetes-testing.md): no controllers (nothing creates ReplicaSets
-or Pods; no status unless a test writes one), no scheduling, probes, GPUs, PVC binding, admission,
-defaulting, schema validation (pair it with tests/k8s/validate.py), RBAC or authentication, no
-watches, and field selectors are ignored.
+or Pods; no status unless a test writes one or tests/k8s/node.py runs next to it), no scheduling,
+probes, GPUs, PVC binding, admission, defaulting, schema validation (pair it with
+tests/k8s/validate.py), RBAC or authentication, no watches, and field selectors are ignored.
 
 CLI (run with the tools virtualenv's Python)::
 
-    python tests/k8s/emulator.py serve --port 0 --kubeconfig OUT [--pidfile F] [--background]
+    python tests/k8s/emulator.py serve --port 0 --kubeconfig OUT [--pod-log-dir D] [--pidfile F] [--background]
     python tests/k8s/emulator.py stop --pidfile F
     python tests/k8s/emulator.py set-status --kubeconfig K --path /apis/batch/v1/namespaces/N/jobs/J \
         --status '{"conditions": [{"type": "Complete", "status": "True"}]}'
@@ -313,6 +317,8 @@ class LlmopsEmulator(kmock.KubernetesEmulator):
     crd_resources: dict = attrs.field(factory=dict, init=False)
     _counter: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
     _docs: list = attrs.field(factory=list, init=False)
+    # Where the pods' logs are (<dir>/<namespace>/<pod>.log); None: the log subresource answers empty.
+    pod_log_dir: Any = attrs.field(default=None)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -624,6 +630,30 @@ class LlmopsEmulator(kmock.KubernetesEmulator):
             return 200, self._commit(route, info, key, obj, status_only=status_only, dry_run=dry_run)
         raise ApiError(405, "MethodNotAllowed", f"{method} is not emulated")
 
+    def pod_log(self, route: Route, params: dict) -> str:
+        """The text of a pod's log file (what tests/k8s/node.py wrote), like ``kubectl logs``."""
+        if ("", "pods", route.namespace, route.name) not in self.store:
+            raise self._not_found(route, route.name)
+        if self.pod_log_dir is None:
+            return ""
+        path = Path(self.pod_log_dir) / str(route.namespace) / f"{route.name}.log"
+        try:
+            text = path.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        tail = params.get("tailLines")
+        if tail not in (None, ""):
+            try:
+                count = int(tail)
+            except ValueError as exc:
+                raise ApiError(400, "BadRequest", f"tailLines: invalid value {tail!r}") from exc
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-count:]) if count > 0 else ""
+        limit = params.get("limitBytes")
+        if limit not in (None, "") and str(limit).isdigit():
+            text = text.encode()[: int(limit)].decode("utf-8", errors="ignore")
+        return text
+
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # kmock's request parser (kmock._internal.parsing.parse_path) raises on /api/v1/namespaces:
         # route every request here, with the parser above, before kmock sees it.
@@ -631,6 +661,12 @@ class LlmopsEmulator(kmock.KubernetesEmulator):
         path, method = raw_request.path, raw_request.method.upper()
         try:
             route = parse_route(path)
+            if route is not None and route.group == "" and route.plural == "pods" and route.subresource == "log":
+                if method != "GET":
+                    raise ApiError(405, "MethodNotAllowed", f"{method} on pods/log is not allowed")
+                async with self._lock:
+                    text = self.pod_log(route, dict(raw_request.query))
+                return aiohttp.web.Response(text=text, content_type="text/plain")
             if route is not None and route.plural is not None:
                 async with self._lock:
                     code, payload = self.handle_object_request(
@@ -665,8 +701,15 @@ def server_url(kubeconfig: Path) -> str:
     return config["clusters"][0]["cluster"]["server"]
 
 
-async def _serve(host: str, port: int, kubeconfig: Path, ready_file: Path | None) -> None:
-    emulator = LlmopsEmulator()
+def default_pod_log_dir(kubeconfig: Path) -> Path:
+    """Where pod logs are read (and tests/k8s/node.py writes them) unless told otherwise."""
+    return Path(kubeconfig).resolve().parent / "pod-logs"
+
+
+async def _serve(
+    host: str, port: int, kubeconfig: Path, ready_file: Path | None, pod_log_dir: Path | None = None
+) -> None:
+    emulator = LlmopsEmulator(pod_log_dir=pod_log_dir or default_pod_log_dir(kubeconfig))
     async with emulator, kmock.Server(emulator, host=host, port=port) as server:
         url = f"http://{host}:{server.port}"
         write_kubeconfig(kubeconfig, url)
@@ -694,10 +737,18 @@ def _wait_ready(url: str, timeout: float = 20.0) -> None:
 
 
 def start_background(
-    kubeconfig: Path, pidfile: Path, port: int = 0, host: str = "127.0.0.1", log: Path | None = None
+    kubeconfig: Path,
+    pidfile: Path,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    log: Path | None = None,
+    *,
+    pod_log_dir: Path | None = None,
 ) -> str:
-    """Start the emulator in its own session; return its URL once it answers."""
+    """Start the emulator in its own session; return its URL once it answers. Pod logs are served from
+    ``pod_log_dir`` (default: ``<kubeconfig's directory>/pod-logs``)."""
     kubeconfig, pidfile = Path(kubeconfig), Path(pidfile)
+    pod_log_dir = Path(pod_log_dir) if pod_log_dir else default_pod_log_dir(kubeconfig)
     ready = pidfile.with_suffix(".url")
     ready.unlink(missing_ok=True)
     log = log or pidfile.with_suffix(".log")
@@ -715,6 +766,8 @@ def start_background(
                 str(kubeconfig),
                 "--ready-file",
                 str(ready),
+                "--pod-log-dir",
+                str(pod_log_dir),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -822,6 +875,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="0: a free port")
     serve.add_argument("--kubeconfig", type=Path, required=True, help="write a kubeconfig pointing at it here")
+    serve.add_argument(
+        "--pod-log-dir", type=Path, help="serve pods/log from DIR/NS/POD.log (default: KUBECONFIG's dir/pod-logs)"
+    )
     serve.add_argument("--pidfile", type=Path, help="with --background: where the pid goes (default KUBECONFIG.pid)")
     serve.add_argument("--background", action="store_true", help="start detached, wait until it answers, exit")
     serve.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
@@ -836,10 +892,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         if args.background:
             pidfile = args.pidfile or args.kubeconfig.with_suffix(".pid")
-            url = start_background(args.kubeconfig, pidfile, args.port, args.host)
+            url = start_background(args.kubeconfig, pidfile, args.port, args.host, pod_log_dir=args.pod_log_dir)
             print(json.dumps({"url": url, "kubeconfig": str(args.kubeconfig), "pidfile": str(pidfile)}))
             return 0
-        asyncio.run(_serve(args.host, args.port, args.kubeconfig, args.ready_file))
+        asyncio.run(_serve(args.host, args.port, args.kubeconfig, args.ready_file, args.pod_log_dir))
         return 0
     if args.command == "stop":
         print("stopped" if stop_background(args.pidfile) else "not running")
