@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The Kubernetes roles' variable checks: vllm_k8s and training_cluster (plugins/module_utils/k8s_plan.py).
 
-Documentation lives next to this file (vllm_k8s_plan.yml, llamafactory_plan.yml, training_cluster_plan.yml).
+Documentation lives next to this file (vllm_k8s_plan.yml, llamafactory_plan.yml, training_cluster_plan.yml,
+pod_security_labels.yml).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from ansible_collections.llmops.platform.plugins.module_utils.k8s_plan import (
     plan_llamafactory,
     plan_training_cluster,
     plan_vllm_k8s,
+)
+from ansible_collections.llmops.platform.plugins.module_utils.k8s_plan import (
+    pod_security_labels as _pod_security_labels,
 )
 
 
@@ -47,10 +51,19 @@ def training_cluster_plan(settings, llamafactory):
         raise AnsibleFilterError(str(exc)) from exc
 
 
+def pod_security_labels(level, version="latest"):
+    """The namespace's Pod Security Admission labels for ``level`` (both Kubernetes roles render these)."""
+    try:
+        return _pod_security_labels(level, version)
+    except K8sPlanError as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+
+
 class FilterModule:
     def filters(self):
         return {
             "vllm_k8s_plan": vllm_k8s_plan,
             "llamafactory_plan": llamafactory_plan,
             "training_cluster_plan": training_cluster_plan,
+            "pod_security_labels": pod_security_labels,
         }

@@ -13,9 +13,12 @@ the test API emulator accepts and a real API server refuses: names that are not 
 subdomains or (for Services) DNS-1035 labels, label keys and values, resource quantities (a
 fractional GPU, requests above limits, millibytes), toleration and rollout-strategy rules, numbers
 the server receives as environment strings. And values that are accepted and then do harm: a
-selector that matches every namespace, a secret in a plain environment variable, a port-forward on
-every interface, a value a shell script or a config file carries unquoted, a training output that
-is (or contains) the directory vLLM serves, paths outside the shared volume, unpinned images.
+selector or NetworkPolicy source that admits every namespace or every address, a secret in a plain
+environment variable, a port-forward on every interface, a value a shell script or a config file carries
+unquoted, a training output that is (or contains) the directory vLLM serves, paths outside the shared
+volume, unpinned images, two workloads sharing one ServiceAccount, a grace period that kills vLLM
+mid-drain. The namespace's Pod Security labels come from ``pod_security_labels`` (one source for both
+roles).
 
 The result carries no secret: keys, tokens and passwords are checked but never returned or echoed,
 because a plan is a fact that Ansible prints with ``-v``.
@@ -142,13 +145,24 @@ SYSTEM_MOUNT_POINTS = frozenset(
 SYSTEM_TREES = ("/bin", "/dev", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr")
 # Characters a value may carry into `sh -c` unquoted (the MLflow server's command line).
 SHELL_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]*\Z")
+# A Host header MLflow 3.x may answer (MLFLOW_SERVER_ALLOWED_HOSTS is comma-separated; '*' turns the check off).
+MLFLOW_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?\Z")
 # A LLaMA-Factory config key: written as a bare YAML key in the ConfigMap.
 CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # The vLLM container's own mounts (templates/deployment.yaml.j2) and the LLaMA-Factory pods'.
-VLLM_POD_MOUNTS = ("/dev/shm", "/tmp", "/home/vllm")  # noqa: S108 - mount points, not temporary files
+VLLM_POD_MOUNTS = ("/dev/shm", "/tmp", "/home/vllm", "/etc/llmops")  # noqa: S108 - mount points, not temporary files
 TRAINING_POD_MOUNTS = ("/dev/shm", "/tmp", "/home/llama")  # noqa: S108 - mount points, not temporary files
-# templates/deployment.yaml.j2: terminationGracePeriodSeconds.
-VLLM_TERMINATION_GRACE = 60
+# What a vLLM process needs after SIGTERM (and after its own --shutdown-timeout drain) to stop its engine,
+# free the GPUs and exit: terminationGracePeriodSeconds = drain (preStop) + shutdown_timeout + this.
+VLLM_EXIT_ALLOWANCE = 30
+
+# ---- pod security and network policy -----------------------------------------------------------------
+# Pod Security Admission levels (pod-security.kubernetes.io/<mode>), strictest first.
+POD_SECURITY_LEVELS = ("restricted", "baseline", "privileged")
+# The policy version a level is evaluated at: latest, or a Kubernetes minor release v1.N.
+POD_SECURITY_VERSION_RE = re.compile(r"^(latest|v1\.(0|[1-9][0-9]*))\Z")
+POD_SECURITY_LABEL = "pod-security.kubernetes.io/"
+NETWORK_PEER_KEYS = ("namespaceSelector", "podSelector", "ipBlock")
 
 
 # ---- value helpers (checks.py) ---------------------------------------------------------------------
@@ -290,6 +304,105 @@ def check_selector_list(value: Any, where: str) -> List[Dict[str, str]]:
             )
         result.append(labels)
     return result
+
+
+def pod_security_labels(level: str, version: str) -> Dict[str, str]:
+    """The Pod Security Admission labels of the namespace: the one source both Kubernetes roles render.
+
+    ``enforce`` refuses pods below ``level`` (evaluated by the rules of ``version``). ``audit`` and ``warn``
+    always report against ``restricted`` at the cluster's latest rules: a namespace enforced at a lower level
+    still shows which pods keep it from restricted, and a pinned enforce version still warns about rules
+    that a newer release adds, before an upgrade of the pin would refuse the pods.
+    """
+    level = _choice(level, "pod_security_level", POD_SECURITY_LEVELS)
+    version = _text(version, "pod_security_version", allow_empty=False)
+    if not POD_SECURITY_VERSION_RE.match(version):
+        _fail("pod_security_version", f"must be latest or a Kubernetes release such as v1.33, got {version!r}")
+    return {
+        POD_SECURITY_LABEL + "enforce": level,
+        POD_SECURITY_LABEL + "enforce-version": version,
+        POD_SECURITY_LABEL + "audit": "restricted",
+        POD_SECURITY_LABEL + "warn": "restricted",
+    }
+
+
+def check_pod_security(level: Any, version: Any, where_level: str, where_version: str) -> str:
+    """A Pod Security Admission level and policy version; returns the level."""
+    level = _choice(level, where_level, POD_SECURITY_LEVELS)
+    text = _text(version, where_version, allow_empty=False)
+    if not POD_SECURITY_VERSION_RE.match(text):
+        _fail(
+            where_version,
+            f"must be latest or a Kubernetes release such as v1.33 (the policy version Pod Security Admission "
+            f"evaluates the pods with), got {text!r}",
+        )
+    return level
+
+
+def _check_cidr(value: Any, where: str) -> Any:
+    text = _text(value, where, allow_empty=False)
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        _fail(where, f"must be a CIDR with its host bits zero, such as 10.20.0.0/16 or fd00::/64, got {text!r}")
+
+
+def check_network_peers(value: Any, where: str) -> List[Dict[str, Any]]:
+    """NetworkPolicy peers (the ``from`` of an ingress rule) in Kubernetes' own shape: namespaceSelector
+    and/or podSelector with matchLabels, or an ipBlock. Refuses what a real API server refuses (an ipBlock
+    next to a selector, an except outside its cidr) and what it accepts that opens the port to everyone
+    (an empty namespaceSelector: every namespace; a /0 block: every address)."""
+    peers = []
+    for i, entry in enumerate(_as_list(value, where)):
+        peer_where = f"{where}[{i}]"
+        peer = _as_mapping(entry, peer_where)
+        _known_keys(
+            peer,
+            peer_where,
+            NETWORK_PEER_KEYS,
+            "unknown key: a NetworkPolicy peer has namespaceSelector, podSelector or ipBlock",
+        )
+        if not peer:
+            _fail(peer_where, "is empty: give namespaceSelector / podSelector labels or an ipBlock")
+        if "ipBlock" in peer:
+            if len(peer) > 1:
+                _fail(
+                    peer_where,
+                    "combines ipBlock with a selector: the API server refuses it; make them two entries of the list",
+                )
+            block = _as_mapping(peer["ipBlock"], f"{peer_where}.ipBlock")
+            _known_keys(
+                block, f"{peer_where}.ipBlock", ("cidr", "except"), "unknown key: an ipBlock has cidr and except"
+            )
+            network = _check_cidr(block.get("cidr"), f"{peer_where}.ipBlock.cidr")
+            if network.prefixlen == 0:
+                _fail(
+                    f"{peer_where}.ipBlock.cidr",
+                    f"{network} matches every address: the port would be open to the whole network; name the "
+                    "networks people connect from",
+                )
+            for j, excepted in enumerate(_as_list(block.get("except", []), f"{peer_where}.ipBlock.except")):
+                except_where = f"{peer_where}.ipBlock.except[{j}]"
+                hole = _check_cidr(excepted, except_where)
+                if hole.version != network.version or not hole.subnet_of(network) or hole == network:
+                    _fail(
+                        except_where, f"{hole} must lie strictly inside the cidr {network} (the API server refuses it)"
+                    )
+        for key in ("namespaceSelector", "podSelector"):
+            if key not in peer:
+                continue
+            selector_where = f"{peer_where}.{key}"
+            selector = _as_mapping(peer[key], selector_where)
+            _known_keys(selector, selector_where, ("matchLabels",), "unknown key: give the labels in matchLabels")
+            labels = check_labels(selector.get("matchLabels", {}), f"{selector_where}.matchLabels")
+            if key == "namespaceSelector" and not labels:
+                _fail(
+                    selector_where,
+                    "is empty: an empty namespaceSelector selects EVERY namespace of the cluster; give the labels of "
+                    "the namespaces that may connect (e.g. kubernetes.io/metadata.name: monitoring)",
+                )
+        peers.append(peer)
+    return peers
 
 
 # ---- quantities and resources ------------------------------------------------------------------------
@@ -635,6 +748,7 @@ _VLLM_BOUNDS = (
     ("run_as_user", 1, 2147483647),
     ("run_as_group", 0, 2147483647),
     ("fs_group", 0, 2147483647),
+    ("drain_seconds", 0, 3600),
 )
 _VLLM_BOOLEANS = (
     "apply",
@@ -648,6 +762,7 @@ _VLLM_BOOLEANS = (
     "wait",
     "wait_for_model",
     "teardown_model_record",
+    "liveness_completion",
 )
 # The chart names the engine's Service {release}-{name}-engine-service (a DNS-1035 label).
 _HELM_SERVICE_SUFFIX = "-engine-service"
@@ -677,6 +792,27 @@ def _check_vllm_model_location(s: _Settings, cfg: Dict[str, Any], mount: str, en
         adapter_where = f"vllm_k8s_server.lora_modules.{adapter}"
         if isinstance(path, str) and path.startswith("/") and not within(check_path(path, adapter_where), mount):
             _fail(adapter_where, f"{path} is not inside the model volume mounted at {mount} (vllm_k8s_pvc_mount_path)")
+
+
+def _vllm_termination_grace(s: _Settings, drain: int, shutdown: int) -> int:
+    """The pod's terminationGracePeriodSeconds. Stopping a pod runs, within it: the preStop sleep (``drain``:
+    the endpoints drop the pod while it still serves), then SIGTERM, vLLM's own drain of the requests in flight
+    (``shutdown``: the server configuration's shutdown_timeout) and the exit. Null: the sum plus
+    VLLM_EXIT_ALLOWANCE; a set value must leave room for the first two, or the kubelet kills the server
+    (SIGKILL) with requests in flight."""
+    grace = s("termination_grace_seconds")
+    needed = drain + shutdown
+    if grace is None:
+        return needed + VLLM_EXIT_ALLOWANCE
+    grace = _as_int(grace, s.name("termination_grace_seconds"), 1, 86400, strict=True)
+    if grace <= needed:
+        _fail(
+            s.name("termination_grace_seconds"),
+            f"({grace} s) is not longer than vllm_k8s_drain_seconds ({drain} s, the preStop sleep) plus the server's "
+            f"shutdown_timeout ({shutdown} s): the kubelet kills vLLM before it has drained; leave it null to derive "
+            f"{needed + VLLM_EXIT_ALLOWANCE} s",
+        )
+    return grace
 
 
 def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -748,6 +884,16 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
             f"({numbers['liveness_probe_timeout']} s) must not exceed vllm_k8s_liveness_probe_period "
             f"({numbers['liveness_probe_period']} s)",
         )
+    if flags["liveness_completion"]:
+        if numbers["liveness_probe_timeout"] < 2:
+            _fail(
+                s.name("liveness_probe_timeout"),
+                "must be at least 2 s with vllm_k8s_liveness_completion: the probe's completion gets one second less, "
+                "and a one-token completion in under a second is not a fair test of a loaded engine",
+            )
+        python = _text(s("liveness_python"), s.name("liveness_python"), allow_empty=False)
+        if not re.fullmatch(r"[A-Za-z0-9_./+-]+", python):
+            _fail(s.name("liveness_python"), "must be a program name or path (it is the probe's argv[0], no shell)")
     if flags["wait"] and numbers["wait_timeout"] < numbers["model_load_timeout"]:
         _fail(
             s.name("wait_timeout"),
@@ -777,6 +923,9 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
     )
 
     # Pod security, Service, NetworkPolicy, PodDisruptionBudget, ServiceMonitor.
+    level = check_pod_security(
+        s("pod_security_level"), s("pod_security_version"), s.name("pod_security_level"), s.name("pod_security_version")
+    )
     check_selector_list(s("network_policy_namespace_labels"), s.name("network_policy_namespace_labels"))
     unavailable = check_int_or_percent(s("pdb_max_unavailable"), s.name("pdb_max_unavailable"))
     if flags["pdb"] and _is_zero(unavailable):
@@ -813,12 +962,7 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
     if mode == "helm" and cfg["host"] != "0.0.0.0":  # noqa: S104
         _fail("vllm_k8s_server.host", "the production-stack chart always binds 0.0.0.0")
     _check_vllm_model_location(s, cfg, mount, env)
-    if cfg["shutdown_timeout"] is not None and cfg["shutdown_timeout"] >= VLLM_TERMINATION_GRACE:
-        _fail(
-            "vllm_k8s_server.shutdown_timeout",
-            f"({cfg['shutdown_timeout']} s) must be shorter than the pod's terminationGracePeriodSeconds "
-            f"({VLLM_TERMINATION_GRACE} s): the kubelet kills the server before its drain ends",
-        )
+    grace = _vllm_termination_grace(s, numbers["drain_seconds"], cfg["shutdown_timeout"] or 0)
     parallel = cfg["tensor_parallel_size"] * cfg["pipeline_parallel_size"]
     if gpus is not None and cfg["device"] != "cpu" and gpus < parallel:
         _fail(
@@ -870,10 +1014,25 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
                 s.name("pvc_mount_path"),
                 f"{mount} overlaps /data, where the production-stack chart mounts its own volume",
             )
+        if flags["create_namespace"] and level == "restricted":
+            _fail(
+                s.name("pod_security_level"),
+                "is restricted but vllm_k8s_mode is helm: the production-stack chart renders its own pods (router, "
+                "engine), which this role cannot check against the restricted profile, and Pod Security Admission "
+                "refuses any that falls short. Check the chart's pods (helm template) and set baseline, or set "
+                "vllm_k8s_create_namespace false and label the namespace yourself",
+            )
 
     gpu_count = gpus if gpus is not None else (0 if cfg["device"] == "cpu" else parallel)
     image = f"{repository}:{tag}" + (f"@{digest}" if digest else "")
-    return {"config": cfg, "image": image, "gpus": gpu_count, "mode": mode}
+    return {
+        "config": cfg,
+        "image": image,
+        "gpus": gpu_count,
+        "mode": mode,
+        "drain_seconds": numbers["drain_seconds"],
+        "termination_grace_seconds": grace,
+    }
 
 
 # ---- training_cluster: the LLaMA-Factory configs (shared with tasks_from render_llamafactory) -------
@@ -1017,6 +1176,8 @@ _TC_BOUNDS = (
     ("merge_timeout", 60, 2592000),
     ("gate_timeout", 10, 86400),
     ("job_poll_interval", 1, 3600),
+    ("job_progress_interval", 1, 86400),
+    ("job_pending_timeout", 0, 604800),
     ("job_log_lines", 1, 10000),
     ("run_as_user", 1, 2147483647),
     ("run_as_group", 0, 2147483647),
@@ -1029,7 +1190,10 @@ _TC_BOOLEANS = (
     "mlflow_enabled",
     "port_forward_start",
     "teardown_storage",
+    "network_policy",
 )
+# templates/networkpolicy.yaml.j2: the namespace's default deny (roles/training_cluster/vars/main.yml).
+DEFAULT_DENY_POLICY = "default-deny-ingress"
 # Set by the role from Secrets: an override in the plain environment would put the value in the clear.
 _TC_SECRET_ENV = {
     "HF_TOKEN": "training_cluster_hf_token",
@@ -1095,6 +1259,28 @@ def _check_name_clashes(s: _Settings, flags: Dict[str, bool]) -> None:
                     s.name(key),
                     f"is also {other_what}'s name ({s.name(other)}): running {what} deletes the other Job first",
                 )
+    # Each workload runs under a ServiceAccount of its own name, and the WebUI and MLflow NetworkPolicies carry
+    # their names next to the namespace's default deny.
+    accounts = services + jobs
+    for i, (key, what) in enumerate(accounts):
+        for other, other_what in accounts[:i]:
+            if s(key) == s(other):
+                _fail(
+                    s.name(key),
+                    f"is also {other_what}'s name ({s.name(other)}): the two would share one ServiceAccount, and "
+                    "removing one (teardown, a switched-off component) removes the other's",
+                )
+        if s(key) == vllm:
+            _fail(
+                s.name(key),
+                f"{vllm} is the in-cluster vLLM's ServiceAccount (training_cluster_vllm_name, owned by vllm_k8s): "
+                f"{what} would replace it",
+            )
+    for key, _what in services:
+        if s(key) == DEFAULT_DENY_POLICY:
+            _fail(
+                s.name(key), f"{DEFAULT_DENY_POLICY} is the namespace's default-deny NetworkPolicy: choose another name"
+            )
     secrets = [
         ("hf_token_secret_name", "the Hugging Face token Secret"),
         ("mlflow_credentials_secret_name", "the MLflow credentials Secret"),
@@ -1158,6 +1344,13 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
         check_data_key(s(key), s.name(key))
     check_labels(s("labels"), s.name("labels"), reserved=_TC_ROLE_LABELS)
     _check_name_clashes(s, flags)
+
+    # Pod security and who may connect (templates/networkpolicy.yaml.j2).
+    check_pod_security(
+        s("pod_security_level"), s("pod_security_version"), s.name("pod_security_level"), s.name("pod_security_version")
+    )
+    for key in ("webui_allowed_sources", "mlflow_allowed_sources"):
+        check_network_peers(s(key), s.name(key))
 
     # Images.
     for key in ("image", "mlflow_image", "gate_image"):
@@ -1247,6 +1440,15 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
 
     # MLflow. Its storage path reaches `sh -c` (the server's command line) partly unquoted.
     backend = _choice(s("mlflow_backend"), s.name("mlflow_backend"), ("pvc", "database"))
+    for i, host in enumerate(_as_list(s("mlflow_allowed_hosts"), s.name("mlflow_allowed_hosts"))):
+        where = f"{s.name('mlflow_allowed_hosts')}[{i}]"
+        text = _text(host, where, allow_empty=False)
+        if not MLFLOW_HOST_RE.match(text):
+            _fail(
+                where,
+                f"must be a host name or address, optionally with :port, got {text!r} (a '*' would switch off "
+                "MLflow's Host header check, its guard against DNS rebinding)",
+            )
     if backend == "database" and flags["mlflow_enabled"] and not database_uri:
         _fail(
             s.name("mlflow_database_uri"),

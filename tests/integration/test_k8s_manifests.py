@@ -19,6 +19,8 @@ for path in (ROOT / "tests" / "k8s", ROOT / ".collections"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import manifest_audit  # noqa: E402
+import pod_security  # noqa: E402
 import validate  # noqa: E402
 
 from ansible_collections.llmops.platform.plugins.module_utils import vllm_server as vs  # noqa: E402
@@ -33,20 +35,28 @@ CONFIGS = {
             "dtype": "bfloat16",
             "enable_prefix_caching": True,
             "gpu_memory_utilization": 0.85,
+            "shutdown_timeout": 45,
         },
         "vllm_k8s_runtime_class_name": "nvidia",
         "vllm_k8s_model_revision": "sha256-abc",
         "vllm_k8s_network_policy_namespace_labels": [{"kubernetes.io/metadata.name": "monitoring"}],
         "vllm_k8s_service_monitor": True,
         "vllm_k8s_pdb_max_unavailable": "50%",
+        "vllm_k8s_drain_seconds": 10,
+        "vllm_k8s_pod_security_level": "baseline",
+        "vllm_k8s_pod_security_version": "v1.33",
     },
     "existing-secret-no-extras": {
         "vllm_k8s_network_policy": False,
         "vllm_k8s_pdb": False,
         "vllm_k8s_create_namespace": False,
         "vllm_k8s_gpus": 4,
+        "vllm_k8s_drain_seconds": 0,
+        "vllm_k8s_termination_grace_seconds": 90,
     },
 }
+# name -> (preStop sleep seconds or None, terminationGracePeriodSeconds)
+STOPPING = {"default": (30, 60), "gpu-tp2": (10, 10 + 45 + 30), "existing-secret-no-extras": (None, 90)}
 
 
 def render(tmp_path: Path, overrides: dict) -> Path:
@@ -82,7 +92,7 @@ def manifests(docs: dict) -> dict:
 def test_every_manifest_is_valid_for_three_kubernetes_versions(rendered) -> None:
     name, docs = rendered
     objects = manifests(docs)
-    expected = {"Deployment", "Service"}
+    expected = {"Deployment", "Service", "ServiceAccount"}
     if name != "existing-secret-no-extras":
         expected |= {"Namespace", "Secret", "NetworkPolicy", "PodDisruptionBudget"}
     assert expected <= set(objects), sorted(objects)
@@ -160,3 +170,47 @@ def test_helm_values_come_from_the_same_configuration(rendered) -> None:
     assert effective == expected
     assert values["servingEngineSpec"]["vllmApiKey"] == {"secretName": "vllm-api-key", "secretKey": "api-key"}
     assert spec["extraVolumes"][0]["persistentVolumeClaim"]["claimName"] == "llama-storage"
+
+
+def test_the_pod_meets_the_restricted_pod_security_standard(rendered) -> None:
+    """The Deployment's pod passes every control of the restricted profile (tests/k8s/pod_security.py), so the
+    namespace can enforce restricted; the namespace carries the labels of the shared filter."""
+    name, docs = rendered
+    objects = manifests(docs)
+    template = objects["Deployment"]["spec"]["template"]
+    assert pod_security.restricted_violations(template) == []
+    if "Namespace" in objects:
+        level = CONFIGS[name].get("vllm_k8s_pod_security_level", "restricted")
+        version = CONFIGS[name].get("vllm_k8s_pod_security_version", "latest")
+        assert objects["Namespace"]["metadata"]["labels"] == {
+            "pod-security.kubernetes.io/enforce": level,
+            "pod-security.kubernetes.io/enforce-version": version,
+            "pod-security.kubernetes.io/audit": "restricted",
+            "pod-security.kubernetes.io/warn": "restricted",
+        }
+
+
+def test_no_api_token_no_api_permission_and_no_secret_on_a_command_line(rendered) -> None:
+    """vLLM never calls the Kubernetes API: its own ServiceAccount, no token mounted (account and pod), no
+    Role or binding. The API key reaches it only through the environment from the Secret."""
+    _name, docs = rendered
+    objects = [doc for key, doc in docs.items() if key != "helm-values.yaml"]
+    assert manifest_audit.api_access_problems(objects) == []
+    account = manifests(docs)["ServiceAccount"]
+    assert account["metadata"]["name"] == "vllm-inference"
+    assert account["automountServiceAccountToken"] is False
+    assert manifest_audit.secret_exposure_problems(objects, ["render-test-key"]) == []
+
+
+def test_stopping_drains_before_sigterm_within_the_grace_period(rendered) -> None:
+    """A preStop sleep of vllm_k8s_drain_seconds (none at 0), then SIGTERM; the grace period covers the sleep,
+    vLLM's own shutdown_timeout and its exit."""
+    name, docs = rendered
+    pod = manifests(docs)["Deployment"]["spec"]["template"]["spec"]
+    drain, grace = STOPPING[name]
+    container = pod["containers"][0]
+    if drain is None:
+        assert "lifecycle" not in container
+    else:
+        assert container["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", str(drain)]}}}
+    assert pod["terminationGracePeriodSeconds"] == grace

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "tests" / "k8s") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests" / "k8s"))
 
+import manifest_audit  # noqa: E402
+import pod_security  # noqa: E402
 import validate  # noqa: E402
 
 HF_TOKEN = "hf_render_test_token"
@@ -52,6 +54,15 @@ CONFIGS = {
             "training_cluster_webui_gpus": 1,
             "training_cluster_runtime_class_name": "nvidia",
             "training_cluster_job_ttl_seconds": 86400,
+            # People reach the WebUI and MLflow from the office network and the data-science namespace.
+            "training_cluster_webui_allowed_sources": [
+                {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.5.0/24"]}}
+            ],
+            "training_cluster_mlflow_allowed_sources": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "data-science"}}},
+            ],
+            "training_cluster_pod_security_version": "v1.33",
+            "vllm_k8s_pod_security_version": "v1.33",
         },
     ),
     "internal-cpu-no-ui": (
@@ -62,9 +73,11 @@ CONFIGS = {
             "training_cluster_max_steps": 4,
             "training_cluster_webui_enabled": False,
             "training_cluster_report_to": "none",
+            "training_cluster_network_policy": False,
         },
     ),
 }
+SECRETS = (HF_TOKEN, "pw-tracking", "postgresql://mlflow:pw@db/mlflow", "render-vllm-key")
 
 PLAY = """\
 - hosts: localhost
@@ -139,9 +152,10 @@ def test_every_manifest_is_valid_for_several_kubernetes_versions(rendered) -> No
     name, out = rendered
     docs = {**load(out / "manifests"), **{f"vllm/{k}": v for k, v in load(out / "vllm").items()}}
     objects = by_kind(docs)
-    expected = {"Namespace", "PersistentVolumeClaim", "ConfigMap", "Deployment", "Service", "Job"}
+    expected = {"Namespace", "PersistentVolumeClaim", "ConfigMap", "Deployment", "Service", "Job", "ServiceAccount"}
+    expected |= {"NetworkPolicy"}  # vllm_k8s's at least
     assert expected <= set(objects), sorted(objects)
-    assert set(objects["Job"]) == {"llama-factory-train", "llama-factory-merge"}
+    assert set(objects["Job"]) == {"llama-factory-train", "llama-factory-merge", "vllm-health-gate"}
     assert "vllm-inference" in objects["Deployment"]
     assert ("PersistentVolume" in objects) == (name == "internal-static-nfs-database")
     manifests = [(source, doc) for source, doc in docs.items() if isinstance(doc, dict) and "kind" in doc]
@@ -207,8 +221,197 @@ def test_jobs_pods_and_secrets(rendered) -> None:
     assert "hf-token" in secrets
     assert all(v == "UkVEQUNURUQ=" for s in secrets.values() for v in s["data"].values()), "a Secret value was rendered"
     rendered_text = json.dumps(docs) + json.dumps(load(out / "vllm"))
-    for secret in (HF_TOKEN, "pw-tracking", "postgresql://mlflow:pw@db/mlflow", "render-vllm-key"):
+    for secret in SECRETS:
         assert secret not in rendered_text, f"{secret} was written to the render directory"
+
+
+def workloads(out: Path) -> list:
+    """Every object both roles render for the layout (the training platform and the in-cluster vLLM)."""
+    docs = {**load(out / "manifests"), **{f"vllm/{k}": v for k, v in load(out / "vllm").items()}}
+    return [doc for doc in docs.values() if isinstance(doc, dict) and "kind" in doc]
+
+
+def pods(objects: list) -> dict:
+    """name -> pod template of every workload (Deployments, Jobs)."""
+    return {doc["metadata"]["name"]: t for doc in objects for t in pod_security.pod_templates(doc)}
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(rendered) -> None:
+    """Every pod of the layout (WebUI, MLflow, train, merge, gate, vLLM) passes each control of the restricted
+    profile, so the namespace enforces restricted; both roles label the namespace alike (one filter)."""
+    name, out = rendered
+    objects = workloads(out)
+    templates = pods(objects)
+    expected = {"llama-factory-train", "llama-factory-merge", "vllm-health-gate", "mlflow", "vllm-inference"}
+    assert expected <= set(templates), sorted(templates)
+    problems = {pod: pod_security.restricted_violations(t) for pod, t in templates.items()}
+    assert problems == {pod: [] for pod in templates}
+    platform = by_kind(load(out / "manifests"))["Namespace"]["llm-training"]["metadata"]["labels"]
+    assert platform == by_kind(load(out / "vllm"))["Namespace"]["llm-training"]["metadata"]["labels"]
+    version = "v1.33" if name == "internal-static-nfs-database" else "latest"
+    assert platform == {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": version,
+        "pod-security.kubernetes.io/audit": "restricted",
+        "pod-security.kubernetes.io/warn": "restricted",
+    }
+
+
+def restricted_pod() -> dict:
+    """A pod template shaped like the roles' (pod-level non-root and seccomp, emptyDir in memory, a PVC)."""
+    return {
+        "metadata": {},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "c",
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
+            "volumes": [
+                {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                {"name": "storage", "persistentVolumeClaim": {"claimName": "llama-storage"}},
+            ],
+        },
+    }
+
+
+def _container(pod: dict) -> dict:
+    return pod["spec"]["containers"][0]
+
+
+# control -> how to break it (one field of restricted_pod()).
+BREAKS = {
+    "host_namespaces": lambda pod: pod["spec"].update(hostNetwork=True),
+    "privileged_containers": lambda pod: _container(pod)["securityContext"].update(privileged=True),
+    "baseline_capabilities": lambda pod: _container(pod)["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+    "host_path_volumes": lambda pod: pod["spec"]["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+    "host_ports": lambda pod: _container(pod).update(ports=[{"containerPort": 80, "hostPort": 80}]),
+    "proc_mount": lambda pod: _container(pod)["securityContext"].update(procMount="Unmasked"),
+    "sysctls": lambda pod: pod["spec"]["securityContext"].update(sysctls=[{"name": "kernel.msgmax", "value": "1"}]),
+    "volume_types": lambda pod: pod["spec"]["volumes"].append({"name": "n", "nfs": {"server": "x", "path": "/"}}),
+    "privilege_escalation": lambda pod: _container(pod)["securityContext"].pop("allowPrivilegeEscalation"),
+    "running_as_non_root": lambda pod: pod["spec"]["securityContext"].pop("runAsNonRoot"),
+    "running_as_non_root_user": lambda pod: _container(pod)["securityContext"].update(runAsUser=0),
+    "restricted_seccomp": lambda pod: pod["spec"]["securityContext"].pop("seccompProfile"),
+    "restricted_capabilities": lambda pod: _container(pod)["securityContext"]["capabilities"].update(drop=["NET_RAW"]),
+}
+
+
+@pytest.mark.parametrize("control", list(BREAKS))
+def test_each_restricted_control_fails_on_a_pod_that_breaks_it(control: str) -> None:
+    """The check above can fail: one field broken fails that control, and the pod is refused."""
+    assert pod_security.restricted_violations(restricted_pod()) == []
+    pod = restricted_pod()
+    BREAKS[control](pod)
+    problems = pod_security.restricted_violations(pod)
+    assert any(p.startswith(control + ":") for p in problems), problems
+
+
+def test_no_workload_gets_an_api_token_or_permission(rendered) -> None:
+    """No Role or binding; every ServiceAccount and pod without a token; each pod under its own rendered account."""
+    _name, out = rendered
+    objects = workloads(out)
+    assert manifest_audit.api_access_problems(objects) == []
+    accounts = {doc["metadata"]["name"] for doc in objects if doc["kind"] == "ServiceAccount"}
+    used = {t["spec"]["serviceAccountName"] for t in pods(objects).values()}
+    assert used == accounts, "one ServiceAccount per workload, and no account nothing uses"
+    assert len(used) == len(pods(objects)), "two workloads share a ServiceAccount"
+
+
+def test_no_secret_on_a_command_line_or_in_a_configmap(rendered) -> None:
+    """Secret values never reach argv, plain environment or a ConfigMap; no command line expands a variable
+    that comes from a Secret (an expanded argv is in /proc/PID/cmdline). The MLflow database URI, with its
+    password, reaches `mlflow server` only as MLFLOW_BACKEND_STORE_URI (click's envvar), never as a flag."""
+    name, out = rendered
+    objects = workloads(out)
+    assert manifest_audit.secret_exposure_problems(objects, SECRETS) == []
+    mlflow = by_kind(load(out / "manifests"))["Deployment"]["mlflow"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in mlflow["env"]}
+    if name == "internal-static-nfs-database":
+        assert "--backend-store-uri" not in mlflow["command"][2]
+        assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {
+            "name": "mlflow-credentials",
+            "key": "database-uri",
+        }
+    else:
+        assert "--backend-store-uri sqlite:////storage/mlflow/mlflow.db" in mlflow["command"][2]
+        assert "MLFLOW_BACKEND_STORE_URI" not in env
+
+
+def admits(policy: dict, pod_labels: dict, namespace_labels: dict, same_namespace: bool) -> bool:
+    """Whether one NetworkPolicy admits a connection from a pod (matchLabels peers only, as the roles render)."""
+    for rule in policy["spec"].get("ingress") or []:
+        for peer in rule.get("from") or []:
+            namespaces = peer.get("namespaceSelector")
+            pods_ = peer.get("podSelector")
+            if "ipBlock" in peer:
+                continue
+            ns_ok = (
+                same_namespace
+                if namespaces is None
+                else all(namespace_labels.get(k) == v for k, v in namespaces.get("matchLabels", {}).items())
+            )
+            pod_ok = pods_ is None or all(pod_labels.get(k) == v for k, v in pods_.get("matchLabels", {}).items())
+            if ns_ok and pod_ok:
+                return True
+    return False
+
+
+def selects(policy: dict, pod_labels: dict) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+    return all(pod_labels.get(k) == v for k, v in wanted.items())
+
+
+def reachable(policies: list, target: dict, source: dict, namespace_labels: dict, same_namespace: bool = True) -> bool:
+    """Kubernetes' rule: a pod no policy selects is open; a selected pod accepts what any selecting policy admits."""
+    selecting = [p for p in policies if selects(p, target)]
+    return not selecting or any(admits(p, source, namespace_labels, same_namespace) for p in selecting)
+
+
+def test_network_policy_matrix(rendered) -> None:
+    """Default deny for the namespace; MLflow from the training Job and the WebUI (and configured sources);
+    the WebUI from configured sources only; the Jobs from nobody; vLLM from the namespace (the gate Job)."""
+    name, out = rendered
+    objects = workloads(out)
+    policies = [doc for doc in objects if doc["kind"] == "NetworkPolicy"]
+    labels = {pod: t["metadata"]["labels"] for pod, t in pods(objects).items()}
+    namespace = {"kubernetes.io/metadata.name": "llm-training"}
+    outsider = {"app": "someone"}
+    if name == "internal-cpu-no-ui":  # training_cluster_network_policy false: only vLLM's policy
+        assert [p["metadata"]["name"] for p in policies] == ["vllm-inference"]
+        return
+    names = {p["metadata"]["name"] for p in policies}
+    assert names == {"default-deny-ingress", "mlflow", "llama-factory-webui", "vllm-inference"}
+    deny = next(p for p in policies if p["metadata"]["name"] == "default-deny-ingress")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    train, gate, webui, mlflow, vllm = (
+        labels[n]
+        for n in ("llama-factory-train", "vllm-health-gate", "llama-factory-webui", "mlflow", "vllm-inference")
+    )
+    assert reachable(policies, mlflow, train, namespace)
+    assert reachable(policies, mlflow, webui, namespace)
+    assert not reachable(policies, mlflow, gate, namespace)
+    assert not reachable(policies, mlflow, labels["llama-factory-merge"], namespace)
+    assert reachable(policies, vllm, gate, namespace)
+    for job in ("llama-factory-train", "llama-factory-merge", "vllm-health-gate"):
+        assert not reachable(policies, labels[job], webui, namespace), job
+    assert not reachable(policies, webui, outsider, namespace)
+    assert not reachable(policies, mlflow, outsider, {"kubernetes.io/metadata.name": "other"}, same_namespace=False)
+    data_science = {"kubernetes.io/metadata.name": "data-science"}
+    from_data_science = reachable(policies, mlflow, outsider, data_science, same_namespace=False)
+    assert from_data_science == (name == "internal-static-nfs-database")
+    webui_policy = next(p for p in policies if p["metadata"]["name"] == "llama-factory-webui")
+    if name == "internal-static-nfs-database":
+        assert webui_policy["spec"]["ingress"] == [
+            {
+                "from": [{"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.5.0/24"]}}],
+                "ports": [{"port": "http", "protocol": "TCP"}],
+            }
+        ]
+    else:
+        assert "ingress" not in webui_policy["spec"], "no sources: the WebUI admits nothing"
 
 
 REAL = os.environ.get("LLMOPS_REAL_KUBECONFIG", "")

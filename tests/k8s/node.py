@@ -108,7 +108,7 @@ def parse_iso(text: str) -> float:
 
 
 def random_suffix(length: int = 5) -> str:
-    return "".join(random.choice(NAME_ALPHABET) for _ in range(length))
+    return "".join(random.choice(NAME_ALPHABET) for _position in range(length))
 
 
 def backoff_delay(failures: int) -> float:
@@ -142,7 +142,7 @@ def template_hash(template: Any) -> str:
     """A stable ``pod-template-hash`` of a pod template (10 characters of the generateName alphabet)."""
     value = int.from_bytes(hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()[:8], "big")
     chars = []
-    for _ in range(10):
+    for _digit in range(10):
         value, index = divmod(value, len(NAME_ALPHABET))
         chars.append(NAME_ALPHABET[index])
     return "".join(chars)
@@ -545,7 +545,7 @@ class Network:
 
     def allocate_ip(self) -> str:
         """Round-robin over .2-.254, so a just-freed address (and its ARP entries) rests a while."""
-        for _ in range(253):
+        for _candidate in range(253):
             octet = self._next
             self._next = octet + 1 if octet < 254 else 2
             address = f"{self.pod_prefix}{octet}"
@@ -651,7 +651,7 @@ class ServiceProxy:
             self.node.network.remove_vip(self.vips.pop(key))
             self.ports.pop(key, None)
         for address in [a for a in self.listeners if a not in wanted]:
-            server, _ = self.listeners.pop(address)
+            server, _port = self.listeners.pop(address)
             server.close()
         for address, service_port in wanted.items():
             if address in self.listeners:
@@ -694,7 +694,7 @@ class ServiceProxy:
         task = asyncio.current_task()
         self._connections.add(task)
         try:
-            _, service_port = self.listeners.get(address, (None, None))
+            _server, service_port = self.listeners.get(address, (None, None))
             targets = self.endpoints(service_port) if service_port else []
             if not targets:
                 return
@@ -713,7 +713,7 @@ class ServiceProxy:
             self._connections.discard(task)
 
     async def close(self) -> None:
-        for server, _ in self.listeners.values():
+        for server, _port in self.listeners.values():
             server.close()
         for task in list(self._connections):
             task.cancel()
@@ -1362,7 +1362,7 @@ class PodRuntime:
             port = self.resolve_port(spec["tcpSocket"].get("port"))
             if port is None:
                 return False, f"port {spec['tcpSocket'].get('port')!r} not found"
-            _, writer = await asyncio.open_connection(spec["tcpSocket"].get("host") or self.ip, port)
+            _reader, writer = await asyncio.open_connection(spec["tcpSocket"].get("host") or self.ip, port)
             writer.close()
             return True, "connected"
         if "exec" in spec:
@@ -1387,7 +1387,7 @@ class PodRuntime:
             start_new_session=True,
         )
         try:
-            out, _ = await proc.communicate()
+            out, _err = await proc.communicate()
         finally:
             if proc.returncode is None:
                 signal_session(proc.pid, signal.SIGKILL)
@@ -1698,7 +1698,7 @@ class Controllers:
             self._set_job_finished(job, status, "Complete", reached, lingering)
         elif not spec.get("suspend") and now >= self.jobs[uid].failed_at + (backoff_delay(failed) if failed else 0):
             wanted = min(int(spec.get("parallelism", 1)), completions - succeeded) - len(active)
-            for _ in range(max(0, wanted)):
+            for _replica in range(max(0, wanted)):
                 self._create_job_pod(job, snap)
             active = [p for p in snap.owned_by(uid) if pod_phase(p) not in TERMINAL]
         status.update(
@@ -1843,7 +1843,7 @@ class Controllers:
     def _create_replicas(self, deploy: Dict[str, Any], snap: Snapshot, pod_hash: str, count: int) -> None:
         labels = dict((deploy["spec"]["template"].get("metadata") or {}).get("labels") or {})
         labels["pod-template-hash"] = pod_hash
-        for _ in range(max(0, count)):
+        for _replica in range(max(0, count)):
             self.create_pod(deploy, f"{deploy['metadata']['name']}-{pod_hash}-{random_suffix()}", labels, snap)
 
     def _recreate(self, deploy, snap, *, pod_hash, new, old, lingering, replicas) -> None:
@@ -2419,7 +2419,7 @@ def running_pod_processes(state_dir: Path) -> List[str]:
     if record is None:
         return []
     found = []
-    for session, _ in record.data["sessions"]:
+    for session, _started in record.data["sessions"]:
         for pid in session_members(session):
             with contextlib.suppress(OSError):
                 found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip())

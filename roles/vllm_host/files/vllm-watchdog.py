@@ -19,6 +19,12 @@ Settings come from the environment (EnvironmentFile=): WATCHDOG_URL, WATCHDOG_MO
 WATCHDOG_FAILURES, WATCHDOG_START_GRACE, WATCHDOG_MAINTENANCE_DIR, WATCHDOG_MAINTENANCE_MAX_AGE,
 WATCHDOG_STATE_DIR, and VLLM_API_KEY from the instance's own 0600 environment file (never argv).
 Standard library only.
+
+`vllm-watchdog --liveness` is the same probe as a Kubernetes exec liveness probe (role vllm_k8s mounts this
+file from a ConfigMap): exit 0 when the completion answers, when the probe proves nothing (401/403) or when
+it fails while the token counters move (busy, not hung); exit 1 otherwise. The kubelet counts the
+failures (failureThreshold) and restarts the container; the startup probe covers the model load. The only
+state is the last token count, in WATCHDOG_STATE_DIR (an emptyDir).
 """
 
 import http.client
@@ -117,9 +123,37 @@ def save(path, state):
     os.replace(tmp, path)
 
 
+def liveness(env):
+    """One Kubernetes exec liveness probe: 0 alive (or busy, or cannot tell), 1 hung or broken."""
+    state_dir = env.get("WATCHDOG_STATE_DIR", "/tmp/vllm-liveness")  # noqa: S108 - an emptyDir in the pod
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    state_file = os.path.join(state_dir, "liveness.json")
+    url = env.get("WATCHDOG_URL", "http://127.0.0.1:8000")
+    ok, reason = probe(
+        url, env["WATCHDOG_MODEL"], env.get("VLLM_API_KEY", ""), float(env.get("WATCHDOG_TIMEOUT", "10"))
+    )
+    tokens, last_tokens = tokens_processed(url, 3), load(state_file).get("tokens")
+    save(state_file, {"tokens": tokens})
+    if ok is None:
+        print(f"cannot probe: {reason}", flush=True)
+        return 0
+    if ok:
+        return 0
+    if tokens is not None and last_tokens is not None and tokens > last_tokens:
+        print(
+            f"probe failed ({reason}), but {tokens - last_tokens:.0f} tokens processed since the last probe: busy",
+            flush=True,
+        )
+        return 0
+    print(f"probe failed: {reason}; the engine is hung or broken", flush=True)
+    return 1
+
+
 def main(argv):
+    if argv[1:] == ["--liveness"]:
+        return liveness(os.environ)
     if len(argv) != 2:
-        print("usage: vllm-watchdog NAME", file=sys.stderr)
+        print("usage: vllm-watchdog NAME | vllm-watchdog --liveness", file=sys.stderr)
         return 2
     name = argv[1]
     unit = f"vllm@{name}.service"

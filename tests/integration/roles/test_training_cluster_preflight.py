@@ -283,6 +283,39 @@ CASES: Dict[str, Case] = {
     "poll interval longer than the gate timeout": Case(
         {"training_cluster_gate_timeout": 10}, "training_cluster_job_poll_interval", "training_cluster_gate_timeout"
     ),
+    # --- the namespace lockdown: Pod Security Admission, ServiceAccounts, NetworkPolicies ----------------
+    "unknown pod security level": Case(
+        {"training_cluster_pod_security_level": "strict"}, "training_cluster_pod_security_level"
+    ),
+    "pod security version that is no Kubernetes release": Case(
+        {"training_cluster_pod_security_version": "1.33"}, "training_cluster_pod_security_version", "v1.33"
+    ),
+    "MLflow open to every namespace": Case(
+        {"training_cluster_mlflow_allowed_sources": [{"namespaceSelector": {}}]},
+        "training_cluster_mlflow_allowed_sources[0].namespaceSelector",
+        "EVERY namespace",
+    ),
+    "WebUI open to every address": Case(
+        {"training_cluster_webui_allowed_sources": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]},
+        "training_cluster_webui_allowed_sources[0].ipBlock.cidr",
+        "every address",
+    ),
+    "ipBlock and selector in one peer": Case(
+        {"training_cluster_webui_allowed_sources": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]},
+        "training_cluster_webui_allowed_sources[0]",
+        "API server refuses",
+    ),
+    "ipBlock except outside its cidr": Case(
+        {"training_cluster_webui_allowed_sources": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.0/8"]}}]},
+        "training_cluster_webui_allowed_sources[0].ipBlock.except[0]",
+        "strictly inside",
+    ),
+    "WebUI named like the training Job (one ServiceAccount for two workloads)": Case(
+        {"training_cluster_webui_name": "llama-factory-train"}, "training_cluster_train_job_name", "one ServiceAccount"
+    ),
+    "gate Job named like vLLM (would replace vLLM's ServiceAccount)": Case(
+        {"training_cluster_gate_job_name": "vllm-inference"}, "training_cluster_gate_job_name", "vLLM's ServiceAccount"
+    ),
 }
 OLD_CASES = 17
 
@@ -309,6 +342,17 @@ VALID_CASES: Dict[str, Dict[str, Any]] = {
     "port-forward on localhost": {"training_cluster_port_forward_address": "localhost"},
     "environment that is not secret": {
         "training_cluster_environment": {"TOKENIZERS_PARALLELISM": "false", "MLFLOW_TRACKING_PASSWORD_FILE": "/x"}
+    },
+    "people reach the WebUI from the office and MLflow from a namespace": {
+        "training_cluster_webui_allowed_sources": [{"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.5.0/24"]}}],
+        "training_cluster_mlflow_allowed_sources": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "data-science"}}}
+        ],
+    },
+    "baseline, no NetworkPolicies": {
+        "training_cluster_pod_security_level": "baseline",
+        "training_cluster_pod_security_version": "v1.31",
+        "training_cluster_network_policy": False,
     },
     "one WebUI and MLflow port forward when MLflow is off": {
         "training_cluster_mlflow_enabled": False,
@@ -557,3 +601,40 @@ def test_job_failed_fails_at_once_with_the_pod_log(log_emulator: Emulator, tmp_p
     assert "torch.OutOfMemoryError: CUDA out of memory" in messages and "exiting" in messages, messages
     assert "step 1/4" not in messages, "more than training_cluster_job_log_lines lines were included"
     assert HF not in output
+
+
+def test_a_job_whose_pod_cannot_pull_its_image_fails_at_once(log_emulator: Emulator, tmp_path: Path) -> None:
+    """The pod reports ErrImagePull (as the kubelet does for an image that does not exist): the wait stops at
+    once, naming the reason and the kubelet's message, instead of waiting out training_cluster_train_timeout."""
+    proc = start_train(log_emulator, tmp_path)
+    wait_for_job(log_emulator, proc)
+    pod = log_emulator.create(
+        "/api/v1/namespaces/llm-training/pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "llama-factory-train-pull1", "labels": {"job-name": "llama-factory-train"}},
+            "spec": {"containers": [{"name": "train", "image": "registry.example.test/llm/llama-factory-train:0.9.5"}]},
+        },
+    )
+    time.sleep(3)  # the play polls every second: it sees the pod waiting first, and says so
+    started = time.monotonic()
+    waiting = {
+        "reason": "ErrImagePull",
+        "message": "manifest for registry.example.test/llm/llama-factory-train:0.9.5 not found",
+    }
+    log_emulator.set_status(
+        f"/api/v1/namespaces/llm-training/pods/{pod['metadata']['name']}",
+        {
+            "phase": "Pending",
+            "containerStatuses": [{"name": "train", "ready": False, "restartCount": 0, "state": {"waiting": waiting}}],
+        },
+    )
+    rc, report, output = finish(proc)
+    assert rc != 0, output[-3000:]
+    assert time.monotonic() - started < 30, "the play did not fail at once"
+    messages = "\n".join(report_failures(report))
+    assert "CANNOT START: pod llama-factory-train-pull1 ErrImagePull: the image cannot be pulled" in messages, messages
+    assert "manifest for registry.example.test/llm/llama-factory-train:0.9.5 not found" in messages, messages
+    # A person watching saw the pod's state while it waited.
+    assert "[train]" in output and "Pending" in output, output[-2000:]

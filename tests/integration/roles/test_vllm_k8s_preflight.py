@@ -88,7 +88,12 @@ CASES: Dict[str, Case] = {
     "tolerations not a list of mappings": Case({"vllm_k8s_tolerations": ["nvidia.com/gpu"]}, "vllm_k8s_tolerations"),
     "no key and no secret": Case({"vllm_k8s_api_key": "", "vllm_k8s_api_key_secret_name": ""}, "vllm_k8s_api_key"),
     "helm mode without helm": Case(
-        {"vllm_k8s_mode": "helm", "vllm_k8s_helm_binary": "/nonexistent/helm"}, "vllm_k8s_helm_binary"
+        {
+            "vllm_k8s_mode": "helm",
+            "vllm_k8s_helm_binary": "/nonexistent/helm",
+            "vllm_k8s_pod_security_level": "baseline",
+        },
+        "vllm_k8s_helm_binary",
     ),
     # --- names a real API server refuses (the emulator takes any string) -------------------------------
     "name starting with a digit (the Service needs a DNS-1035 label)": Case(
@@ -259,8 +264,40 @@ CASES: Dict[str, Case] = {
     "liveness timeout longer than its period": Case(
         {"vllm_k8s_liveness_probe_timeout": 30}, "vllm_k8s_liveness_probe_timeout", "must not exceed"
     ),
-    "drain longer than the termination grace period": Case(
-        {"vllm_k8s_server": {"shutdown_timeout": 120}}, "vllm_k8s_server.shutdown_timeout", "terminationGracePeriod"
+    "completion liveness with a one-second timeout": Case(
+        {"vllm_k8s_liveness_probe_timeout": 1}, "vllm_k8s_liveness_probe_timeout", "at least 2 s"
+    ),
+    "liveness interpreter with shell syntax": Case(
+        {"vllm_k8s_liveness_python": "python3; rm -rf /"}, "vllm_k8s_liveness_python", "argv[0]"
+    ),
+    "liveness completion as a string": Case(
+        {"vllm_k8s_liveness_completion": "maybe"}, "vllm_k8s_liveness_completion", "boolean"
+    ),
+    "model storage mounted over the probe script": Case(
+        {"vllm_k8s_pvc_mount_path": "/etc/llmops", "vllm_k8s_model_path": "/etc/llmops/m"},
+        "vllm_k8s_pvc_mount_path",
+        "/etc/llmops",
+    ),
+    # --- stopping the pod: preStop drain, then vLLM's shutdown_timeout, within the grace period ----------
+    "vLLM drain longer than the termination grace period": Case(
+        {"vllm_k8s_server": {"shutdown_timeout": 120}, "vllm_k8s_termination_grace_seconds": 120},
+        "vllm_k8s_termination_grace_seconds",
+        "kills vLLM before it has drained",
+    ),
+    "grace period shorter than the preStop drain": Case(
+        {"vllm_k8s_drain_seconds": 45, "vllm_k8s_termination_grace_seconds": 30},
+        "vllm_k8s_termination_grace_seconds",
+        "not longer than vllm_k8s_drain_seconds",
+    ),
+    "negative drain seconds": Case({"vllm_k8s_drain_seconds": -1}, "vllm_k8s_drain_seconds", "at least 0"),
+    "drain seconds as a duration string": Case({"vllm_k8s_drain_seconds": "30s"}, "vllm_k8s_drain_seconds"),
+    # --- Pod Security Admission ------------------------------------------------------------------------
+    "unknown pod security level": Case({"vllm_k8s_pod_security_level": "strict"}, "vllm_k8s_pod_security_level"),
+    "pod security version without the v": Case(
+        {"vllm_k8s_pod_security_version": "1.33"}, "vllm_k8s_pod_security_version", "v1.33"
+    ),
+    "restricted namespace for the chart's unchecked pods": Case(
+        {"vllm_k8s_mode": "helm", "vllm_k8s_apply": False}, "vllm_k8s_pod_security_level", "cannot check"
     ),
     "helm mode with a name too long for the chart's Service": Case(
         {"vllm_k8s_mode": "helm", "vllm_k8s_apply": False, "vllm_k8s_name": "v" * 48}, "vllm_k8s_name", "engine"
@@ -304,7 +341,19 @@ VALID_CASES: Dict[str, Dict[str, Any]] = {
         },
         "vllm_k8s_shm_size": "8Gi",
     },
-    "helm mode rendered only": {"vllm_k8s_mode": "helm", "vllm_k8s_apply": False},
+    "helm mode rendered only": {
+        "vllm_k8s_mode": "helm",
+        "vllm_k8s_apply": False,
+        "vllm_k8s_pod_security_level": "baseline",
+    },
+    "no preStop drain and an explicit grace period": {
+        "vllm_k8s_drain_seconds": 0,
+        "vllm_k8s_termination_grace_seconds": 5,
+    },
+    "baseline pinned to a release": {
+        "vllm_k8s_pod_security_level": "baseline",
+        "vllm_k8s_pod_security_version": "v1.31",
+    },
 }
 
 # Tasks that check variables: a bad case must fail in one of these.

@@ -614,3 +614,46 @@ def test_a_hung_engine_is_killed_through_real_http(watchdog, engine, monkeypatch
     assert wd.kills == []
     wd.tick()
     assert wd.kills == [KILL]
+
+
+# -- --liveness: the same probe as a Kubernetes exec liveness probe (role vllm_k8s) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("probes", "tokens", "codes"),
+    [
+        pytest.param([(True, "answered in 9 ms")], [10.0], [0], id="answers"),
+        pytest.param([TIMED_OUT], [None], [1], id="hung, no metrics"),
+        pytest.param([TIMED_OUT, TIMED_OUT], [10.0, 10.0], [1, 1], id="hung, counters still"),
+        pytest.param([TIMED_OUT, TIMED_OUT], [10.0, 25.0], [1, 0], id="busy: counters moved since the last probe"),
+        pytest.param([(None, "HTTP 401")], [None], [0], id="401 proves nothing"),
+        pytest.param([(False, "HTTP 500 from the completion")], [3.0], [1], id="broken"),
+    ],
+)
+def test_liveness_mode_exit_codes(wd, probes, tokens, codes):
+    """--liveness: exit 1 only for a failed probe while the engine's token counters stand still; the kubelet
+    counts consecutive failures itself. The last token count is the only state kept between probes."""
+    wd.probes, wd.tokens = list(probes), list(tokens)
+    got = [wd.module.main(["x", "--liveness"]) for _probe in codes]
+    assert got == codes
+    assert wd.unit_calls == [], "--liveness must not ask systemd anything"
+    assert wd.commands == [], "--liveness never kills: the kubelet restarts the container"
+    assert json.loads((wd.state_dir / "liveness.json").read_text()) == {"tokens": tokens[-1]}
+
+
+def test_liveness_mode_runs_the_real_probe(watchdog, engine, monkeypatch, tmp_path):
+    """Against a real HTTP engine: answers -> 0; the engine stops answering and its counters stand -> 1."""
+    monkeypatch.setenv("WATCHDOG_URL", engine.url)
+    monkeypatch.setenv("WATCHDOG_MODEL", "tiny")
+    monkeypatch.setenv("WATCHDOG_TIMEOUT", "1")
+    monkeypatch.setenv("WATCHDOG_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("VLLM_API_KEY", "sk-test")
+    engine.routes["/v1/completions"] = (200, {"choices": [{"text": "x"}]})
+    engine.routes["/metrics"] = (200, METRICS)
+    assert watchdog.main(["x", "--liveness"]) == 0
+    engine.routes["/v1/completions"] = "hang"
+    try:
+        assert watchdog.main(["x", "--liveness"]) == 1
+    finally:
+        engine.release.set()
+    assert engine.requests[0][3] and json.loads(engine.requests[0][3])["max_tokens"] == 1

@@ -338,10 +338,27 @@ def test_mount_points() -> None:
         ({"server": {"model": "/srv/m"}}, "vllm_k8s_server.model", "not inside"),
         ({"server": {"host": "127.0.0.1"}}, "vllm_k8s_server.host", "0.0.0.0"),
         ({"mode": "helm", "server": {"host": "::"}}, "vllm_k8s_server.host", "chart"),
-        ({"server": {"shutdown_timeout": 60}}, "vllm_k8s_server.shutdown_timeout", "terminationGrace"),
+        # Stopping: grace must cover the preStop drain and vLLM's own shutdown_timeout.
+        ({"termination_grace_seconds": 20}, "vllm_k8s_termination_grace_seconds", "not longer than"),
+        (
+            {"termination_grace_seconds": 60, "server": {"shutdown_timeout": 30}},
+            "vllm_k8s_termination_grace_seconds",
+            "kills vLLM before it has drained",
+        ),
+        ({"termination_grace_seconds": 0}, "vllm_k8s_termination_grace_seconds", "at least 1"),
+        ({"drain_seconds": -5}, "vllm_k8s_drain_seconds", "at least 0"),
+        ({"drain_seconds": "30s"}, "vllm_k8s_drain_seconds", "integer"),
+        # Pod security.
+        ({"pod_security_level": "strict"}, "vllm_k8s_pod_security_level", "one of"),
+        ({"pod_security_version": "1.33"}, "vllm_k8s_pod_security_version", "v1.33"),
+        ({"mode": "helm"}, "vllm_k8s_pod_security_level", "cannot check"),
         ({"gpus": 1, "server": {"tensor_parallel_size": 2}}, "vllm_k8s_gpus", "one GPU per worker"),
         ({"wait_timeout": 100}, "vllm_k8s_wait_timeout", "gives up"),
         ({"liveness_probe_timeout": 21}, "vllm_k8s_liveness_probe_timeout", "must not exceed"),
+        ({"liveness_probe_timeout": 1}, "vllm_k8s_liveness_probe_timeout", "at least 2 s"),
+        ({"liveness_python": "python3 -c x"}, "vllm_k8s_liveness_python", "argv[0]"),
+        ({"liveness_python": ""}, "vllm_k8s_liveness_python", "must not be empty"),
+        ({"wait_for_model": "maybe"}, "vllm_k8s_wait_for_model", "boolean"),
         ({"environment": {"OMP_NUM_THREADS": 8}}, "vllm_k8s_environment.OMP_NUM_THREADS", "type int"),
         ({"environment": {"VLLM_API_KEY": "x"}}, "vllm_k8s_environment.VLLM_API_KEY", "Secret"),
         ({"api_key": "a key"}, "vllm_k8s_api_key", "HTTP header"),
@@ -453,6 +470,9 @@ def tc_fails(variable: str, reason: str = "", lf_overrides: Any = None, **overri
         ({"mlflow_tracking_uri": "mlflow:5000"}, "training_cluster_mlflow_tracking_uri", "http(s)"),
         ({"mlflow_tracking_username": "u"}, "training_cluster_mlflow_tracking_password", "together"),
         ({"mlflow_backend": "database"}, "training_cluster_mlflow_database_uri", "empty"),
+        ({"mlflow_allowed_hosts": ["*"]}, "training_cluster_mlflow_allowed_hosts[0]", "DNS rebinding"),
+        ({"mlflow_allowed_hosts": ["a.example,b.example"]}, "training_cluster_mlflow_allowed_hosts[0]", "host name"),
+        ({"mlflow_allowed_hosts": "mlflow.example"}, "training_cluster_mlflow_allowed_hosts", "must be a list"),
         ({"mlflow_database_uri": "not a uri"}, "training_cluster_mlflow_database_uri", "database URI"),
         ({"mlflow_enabled": False}, "training_cluster_mlflow_enabled", "report_to"),
         (
@@ -475,6 +495,56 @@ def tc_fails(variable: str, reason: str = "", lf_overrides: Any = None, **overri
         ({"job_ttl_seconds": -1}, "training_cluster_job_ttl_seconds", "at least 0"),
         ({"hf_token": "hf_x y"}, "training_cluster_hf_token", "HTTP header"),
         ({"labels": {"app.kubernetes.io/part-of": "x"}}, "training_cluster_labels", "set by the role"),
+        # One ServiceAccount per workload, named like it: names must not collide across kinds.
+        ({"webui_name": "llama-factory-train"}, "training_cluster_train_job_name", "one ServiceAccount"),
+        ({"gate_job_name": "vllm-inference"}, "training_cluster_gate_job_name", "vLLM's ServiceAccount"),
+        ({"mlflow_name": "default-deny-ingress"}, "training_cluster_mlflow_name", "default-deny"),
+        # Pod security.
+        ({"pod_security_level": "none"}, "training_cluster_pod_security_level", "one of"),
+        ({"pod_security_version": "v2.0"}, "training_cluster_pod_security_version", "latest or"),
+        # Who may connect: nothing that opens a port to everyone, nothing a real API server refuses.
+        (
+            {"mlflow_allowed_sources": [{"namespaceSelector": {}}]},
+            "training_cluster_mlflow_allowed_sources[0].namespaceSelector",
+            "EVERY namespace",
+        ),
+        (
+            {"webui_allowed_sources": [{"namespaceSelector": {"matchLabels": {}}, "podSelector": {}}]},
+            "training_cluster_webui_allowed_sources[0].namespaceSelector",
+            "EVERY namespace",
+        ),
+        (
+            {"webui_allowed_sources": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]},
+            "training_cluster_webui_allowed_sources[0].ipBlock.cidr",
+            "every address",
+        ),
+        (
+            {"webui_allowed_sources": [{"ipBlock": {"cidr": "10.0.0.1/8"}}]},
+            "training_cluster_webui_allowed_sources[0].ipBlock.cidr",
+            "host bits",
+        ),
+        (
+            {"webui_allowed_sources": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]},
+            "training_cluster_webui_allowed_sources[0].ipBlock.except[0]",
+            "strictly inside",
+        ),
+        (
+            {"mlflow_allowed_sources": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]},
+            "training_cluster_mlflow_allowed_sources[0]",
+            "combines ipBlock",
+        ),
+        (
+            {"mlflow_allowed_sources": [{"namespaceSelector": {"matchExpressions": []}}]},
+            "training_cluster_mlflow_allowed_sources[0].namespaceSelector.matchExpressions",
+            "matchLabels",
+        ),
+        ({"mlflow_allowed_sources": [{}]}, "training_cluster_mlflow_allowed_sources[0]", "is empty"),
+        (
+            {"mlflow_allowed_sources": [{"namespace": "ds"}]},
+            "training_cluster_mlflow_allowed_sources[0].namespace",
+            "peer",
+        ),
+        ({"network_policy": "yes please"}, "training_cluster_network_policy", "boolean"),
     ],
 )
 def test_training_cluster_failures_name_the_variable(overrides: Dict[str, Any], variable: str, reason: str) -> None:
@@ -512,10 +582,68 @@ def test_training_cluster_never_echoes_secrets() -> None:
         assert SECRET not in str(info.value), overrides
 
 
+def test_allowed_sources_in_kubernetes_shape_pass() -> None:
+    sources = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "data-science"}}},
+        {"namespaceSelector": {"matchLabels": {"team": "ml"}}, "podSelector": {"matchLabels": {"app": "notebook"}}},
+        {"podSelector": {"matchLabels": {"app": "batch-eval"}}},
+        {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.5.0/24"]}},
+        {"ipBlock": {"cidr": "fd00::/64"}},
+    ]
+    kp.plan_training_cluster(
+        tc(webui_allowed_sources=sources, mlflow_allowed_sources=sources), kp.plan_llamafactory(lf())
+    )
+
+
+# ---- stopping the vLLM pod -------------------------------------------------------------------------------
+def test_vllm_termination_grace_is_derived_from_the_drain_and_the_shutdown() -> None:
+    plan = kp.plan_vllm_k8s(vllm())
+    assert (plan["drain_seconds"], plan["termination_grace_seconds"]) == (30, 30 + kp.VLLM_EXIT_ALLOWANCE)
+    plan = kp.plan_vllm_k8s(vllm(drain_seconds=10, server={"shutdown_timeout": 45}))
+    assert plan["termination_grace_seconds"] == 10 + 45 + kp.VLLM_EXIT_ALLOWANCE
+    plan = kp.plan_vllm_k8s(vllm(drain_seconds=0, termination_grace_seconds=5))
+    assert (plan["drain_seconds"], plan["termination_grace_seconds"]) == (0, 5)
+    # A set grace must exceed drain + shutdown_timeout, and only that.
+    assert kp.plan_vllm_k8s(vllm(termination_grace_seconds=31))["termination_grace_seconds"] == 31
+    fails(kp.plan_vllm_k8s, vllm(termination_grace_seconds=30), "vllm_k8s_termination_grace_seconds", "not longer")
+
+
+# ---- pod security ----------------------------------------------------------------------------------------
+def test_pod_security_labels_are_one_set_for_both_roles() -> None:
+    assert kp.pod_security_labels("restricted", "latest") == {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+        "pod-security.kubernetes.io/audit": "restricted",
+        "pod-security.kubernetes.io/warn": "restricted",
+    }
+    labels = kp.pod_security_labels("baseline", "v1.33")
+    assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+    assert labels["pod-security.kubernetes.io/enforce-version"] == "v1.33"
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted", "warn shows what keeps it from restricted"
+    for key, value in labels.items():
+        kp.check_label_key(key, "x")
+        kp.check_label_value(value, "x")
+    # Both roles default to the same level and version, and helm mode may lower it.
+    assert (VLLM["pod_security_level"], VLLM["pod_security_version"]) == (
+        TC["pod_security_level"],
+        TC["pod_security_version"],
+    )
+    kp.plan_vllm_k8s(vllm(mode="helm", pod_security_level="baseline"))
+    kp.plan_vllm_k8s(vllm(mode="helm", create_namespace=False))
+
+
+def test_the_default_deny_name_is_the_roles() -> None:
+    variables = yaml.safe_load((ROOT / "roles" / "training_cluster" / "vars" / "main.yml").read_text())
+    assert variables["_training_cluster_default_deny"] == kp.DEFAULT_DENY_POLICY
+
+
 # ---- the filters ----------------------------------------------------------------------------------------
 def test_filters_are_registered_and_raise_filter_errors() -> None:
     filters = FilterModule().filters()
-    assert set(filters) == {"vllm_k8s_plan", "llamafactory_plan", "training_cluster_plan"}
+    assert set(filters) == {"vllm_k8s_plan", "llamafactory_plan", "training_cluster_plan", "pod_security_labels"}
+    assert filters["pod_security_labels"]("privileged")["pod-security.kubernetes.io/enforce-version"] == "latest"
+    with pytest.raises(AnsibleFilterError, match=r"^pod_security_level"):
+        filters["pod_security_labels"]("strict")
     assert filters["vllm_k8s_plan"](vllm())["image"] == "vllm/vllm-openai:v0.32.0"
     with pytest.raises(AnsibleFilterError, match=r"^vllm_k8s_name"):
         filters["vllm_k8s_plan"](vllm(name="8b"))

@@ -1,0 +1,232 @@
+"""The internal layout end to end, as an operator runs it (README quick start), on the API emulator with the
+test node running the pods' real processes: LLaMA-Factory train and merge Jobs, MLflow, the WebUI, vLLM
+(CPU build) and the in-cluster health gate Job. See tests/k8s/internal_layout.py for what the test provides
+and docs/kubernetes-testing.md for what this proves and what it does not.
+
+One cluster for the module; the tests run in order and each checks one stage:
+  internal.yml --check --diff -> internal.yml (first run: no merged model, vLLM at 0 replicas)
+  -> train.yml -> merge.yml (vLLM scaled onto the merged model, gate sends a real completion)
+  -> internal.yml again (changes nothing, vLLM keeps its pod) -> teardown.yml.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from internal_layout import API_KEY, HF_TOKEN, NAMESPACE, SERVED_NAME, from_environment, stage_table  # noqa: E402
+
+pytestmark = [pytest.mark.llamafactory, pytest.mark.vllm]
+
+SECRETS = (API_KEY, HF_TOKEN)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    cluster = from_environment(tmp_path_factory.mktemp("internal-layout")).start()
+    try:
+        yield cluster
+    finally:
+        if cluster.stages:
+            print("\n" + stage_table(cluster.stages))
+        cluster.stop()
+
+
+def require_ok(stage) -> None:
+    assert stage.rc == 0, f"{stage.name} failed (rc {stage.rc}): {stage.failures()}\n{stage.output[-4000:]}"
+    for secret in SECRETS:
+        assert secret not in stage.output, f"{stage.name}: a secret reached the output"
+
+
+def wait_for(what: str, check, timeout: float = 60.0, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def test_check_mode_on_an_empty_cluster_writes_nothing(cluster):
+    stage = cluster.playbook("internal.yml --check --diff", "internal.yml", "--check", "--diff")
+    require_ok(stage)
+    assert stage.stats["changed"] > 0, stage.stats
+    assert cluster.items("/api/v1/namespaces") == [], "check mode created a namespace"
+
+
+def test_first_run_deploys_the_platform_and_keeps_vllm_at_zero(cluster):
+    stage = cluster.playbook("internal.yml (first run)", "internal.yml")
+    require_ok(stage)
+    assert any("NO MERGED MODEL YET" in m for m in stage.messages()), stage.messages()
+    assert any("HEALTH GATE SKIPPED" in m for m in stage.messages()), stage.messages()
+    vllm = cluster.deployment("vllm-inference")
+    assert vllm["spec"]["replicas"] == 0
+    assert cluster.pods("app.kubernetes.io/name=vllm") == []
+    # MLflow and the WebUI run for real: their Deployments became available through their real /health.
+    for name in ("mlflow", "llama-factory-webui"):
+        status = wait_for(
+            f"{name} available", lambda n=name: cluster.deployment(n).get("status", {}).get("availableReplicas"), 180
+        )
+        assert status == 1
+    code, body = cluster.http(cluster.service_url("mlflow", 5000) + "/health")
+    assert code == 200 and "OK" in body, (code, body)
+
+
+def test_a_training_job_that_cannot_start_fails_at_once(cluster):
+    """An image the node cannot pull: the pod waits with ErrImagePull, and train.yml stops at once saying so
+    instead of waiting out training_cluster_train_timeout."""
+    image = "registry.example.internal/llm/no-such-image:0.0.1"
+    stage = cluster.playbook("train.yml (missing image)", "train.yml", "-e", f"training_cluster_image={image}")
+    assert stage.rc != 0
+    failures = "\n".join(stage.failures())
+    assert "CANNOT START" in failures and "ErrImagePull" in failures and image in failures, failures
+    assert stage.seconds < 120, f"took {stage.seconds:.0f} s to notice"
+
+
+def test_train_runs_the_training_job_and_reports_to_mlflow(cluster):
+    stage = cluster.playbook("train.yml", "train.yml")
+    require_ok(stage)
+    # A person watching saw the run's progress: the last line is the finished run's.
+    progress = [line for line in stage.output.splitlines() if line.startswith("[train] ")]
+    assert progress and progress[-1].startswith("[train] step 4/4 (100%), loss "), progress
+    job = cluster.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/llama-factory-train")
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"]["conditions"]), job["status"]
+    adapter = cluster.pvc / "output" / "lora-adapter"
+    assert (adapter / "adapter_model.safetensors").is_file(), sorted(p.name for p in adapter.glob("*"))
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
+    # The MLflow server in the cluster holds the run with its per-step loss.
+    mlflow = cluster.service_url("mlflow", 5000)
+    code, body = cluster.http(mlflow + "/api/2.0/mlflow/experiments/search", {"max_results": 50})
+    assert code == 200, body
+    experiments = [e["experiment_id"] for e in json.loads(body).get("experiments", [])]
+    code, body = cluster.http(mlflow + "/api/2.0/mlflow/runs/search", {"experiment_ids": experiments})
+    runs = json.loads(body).get("runs", [])
+    assert runs, f"no MLflow run in {experiments}"
+    metrics = {m["key"] for run in runs for m in run["data"].get("metrics", [])}
+    assert "loss" in metrics or "train_loss" in metrics, metrics
+
+
+def test_merge_switches_vllm_onto_the_merged_model_behind_a_real_gate(cluster):
+    stage = cluster.playbook("merge.yml", "merge.yml")
+    require_ok(stage)
+    merged = cluster.pvc / "models" / "merged-model"
+    assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors")), sorted(merged.glob("*"))
+    record = cluster.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/vllm-inference-model")["data"]
+    assert record["model_path"] == "/storage/models/merged-model" and record["revision"].startswith("merge-")
+    vllm = cluster.deployment("vllm-inference")
+    assert vllm["spec"]["replicas"] == 1
+    assert vllm["spec"]["template"]["metadata"]["annotations"]["llmops.io/model-revision"] == record["revision"]
+    assert vllm["status"]["readyReplicas"] == 1
+    # The gate Job ran in the cluster and sent a real completion through the Service.
+    gate = cluster.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/vllm-health-gate")
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in gate["status"]["conditions"])
+    gate_pod = cluster.pods("job-name=vllm-health-gate")[-1]["metadata"]["name"]
+    log = cluster.pod_log(gate_pod)
+    assert '"text"' in log and log.rstrip().endswith("ready"), log[-2000:]
+    # The same Service from outside the pod: the key is required, a completion comes back with it.
+    url = cluster.service_url("vllm-inference", 8000)
+    body = {"model": SERVED_NAME, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+    assert cluster.http(url + "/v1/completions", body)[0] == 401
+    code, answer = cluster.http(url + "/v1/completions", body, key=API_KEY)
+    assert code == 200 and json.loads(answer)["choices"][0]["text"], answer
+    # vLLM serves what the merge wrote: the pod's args name the merged directory on the PVC.
+    pod = cluster.pods("app.kubernetes.io/name=vllm")[0]
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[args.index("--model") + 1] == "/storage/models/merged-model"
+
+
+def engine_core_pids() -> list:
+    """vLLM's engine process (proctitle VLLM::EngineCore; setproctitle rewrites its command line, and its
+    environ with it) whose parent is the pod's `vllm serve ... --served-model-name merged-model`."""
+
+    def read(pid: str, name: str) -> bytes:
+        try:
+            return (Path("/proc") / pid / name).read_bytes()
+        except OSError:
+            return b""
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or b"EngineCore" not in read(proc.name, "cmdline"):
+            continue
+        stat = read(proc.name, "stat").decode(errors="replace")
+        parent = stat.rsplit(")", 1)[-1].split()[1] if ")" in stat else ""
+        parent_cmdline = read(parent, "cmdline").replace(b"\0", b" ")
+        if b"vllm serve" in parent_cmdline and b"--served-model-name " + SERVED_NAME.encode() in parent_cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_hung_engine_is_restarted_by_the_liveness_probe(cluster):
+    """SIGSTOP the engine inside the pod: /health stays 200 (the API server process still answers), every
+    completion hangs, and the completion liveness probe makes the node restart the container."""
+    url = cluster.service_url("vllm-inference", 8000)
+    pod = cluster.pods("app.kubernetes.io/name=vllm")[0]
+    restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+    pids = engine_core_pids()
+    assert len(pids) == 1, f"expected one vLLM engine process, found {pids}"
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        assert cluster.http(url + "/health")[0] == 200, "a stopped engine should keep /health at 200"
+        restarted = wait_for(
+            "the liveness probe to restart the container",
+            lambda: (
+                cluster.pods("app.kubernetes.io/name=vllm")[0]["status"]["containerStatuses"][0]["restartCount"]
+                > restarts
+            ),
+            240,
+        )
+        assert restarted
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[0], signal.SIGCONT)
+
+    def restarted_and_ready():
+        status = cluster.pods("app.kubernetes.io/name=vllm")[0]["status"]["containerStatuses"][0]
+        return status["restartCount"] > restarts and status["ready"]
+
+    wait_for("the restarted engine ready", restarted_and_ready, 300)
+    body = {"model": SERVED_NAME, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+    code, answer = cluster.http(url + "/v1/completions", body, key=API_KEY)
+    assert code == 200 and json.loads(answer)["choices"][0]["text"], answer
+    assert engine_core_pids() not in ([], pids), "the engine process was not replaced"
+    assert "liveness" in (cluster.k8s / "node.log").read_text()
+
+
+def test_a_second_converge_changes_nothing_and_keeps_the_vllm_pod(cluster):
+    pods_before = [p["metadata"]["name"] for p in cluster.pods("app.kubernetes.io/name=vllm")]
+    stage = cluster.playbook("internal.yml (again)", "internal.yml")
+    require_ok(stage)
+    changed = [
+        task["task"]["name"]
+        for play in stage.report.get("plays", [])
+        for task in play["tasks"]
+        if any(result.get("changed") for result in task["hosts"].values())
+    ]
+    assert stage.stats["changed"] == 0, changed
+    assert [p["metadata"]["name"] for p in cluster.pods("app.kubernetes.io/name=vllm")] == pods_before
+
+
+def test_teardown_removes_the_workloads_and_their_processes(cluster):
+    stage = cluster.playbook("teardown.yml", "teardown.yml")
+    require_ok(stage)
+    for name in ("vllm-inference", "mlflow", "llama-factory-webui"):
+        path = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
+        assert name not in [d["metadata"]["name"] for d in cluster.items(path)]
+    wait_for("every pod gone", lambda: cluster.pods() == [], 120)
+    wait_for("no pod process left", lambda: cluster.node_processes() == [], 60)
+    # The PVC (models, adapters, MLflow data) is kept unless llmops_teardown_storage is true.
+    assert (cluster.pvc / "models" / "merged-model" / "config.json").is_file()
