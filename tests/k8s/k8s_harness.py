@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pytest
 import yaml
@@ -62,6 +63,18 @@ class Emulator:
 
     def set_status(self, object_path: str, status: Dict[str, Any]) -> Dict[str, Any]:
         return emu.set_status(self.url, object_path, status)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
+    """Poll until ``check()`` is truthy; return its value (the tests of the emulator, the node and the layout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from internal_layout import API_KEY, HF_TOKEN, NAMESPACE, SERVED_NAME, from_environment, stage_table  # noqa: E402
+from k8s_harness import wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.llamafactory, pytest.mark.vllm]
 
@@ -47,17 +47,6 @@ def require_ok(stage) -> None:
     assert stage.rc == 0, f"{stage.name} failed (rc {stage.rc}): {stage.failures()}\n{stage.output[-4000:]}"
     for secret in SECRETS:
         assert secret not in stage.output, f"{stage.name}: a secret reached the output"
-
-
-def wait_for(what: str, check, timeout: float = 60.0, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def test_check_mode_on_an_empty_cluster_writes_nothing(cluster):

@@ -16,12 +16,12 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import emulator as emu
 import node
 import pytest
-from k8s_harness import Emulator, run_playbook
+from k8s_harness import Emulator, run_playbook, wait_for
 
 PYTHON_BIN = str(Path(sys.executable).parent)
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -58,18 +58,6 @@ class Cluster:
         """Stop the node and start a new one on the same emulator and state dir."""
         node.stop_background(self.pidfile)
         self.info = node.start_background(self.api.kubeconfig, self.state_dir, self.images, self.pidfile)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
-    """Poll until ``check()`` is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def processes_with(marker: str) -> List[int]:
