@@ -6,8 +6,11 @@ Kubernetes API emulator with the test node (tests/k8s/node.py) running the pods'
 Stages (unmodified playbooks, an inventory copied from inventories/internal with a vault and the CPU
 settings of tests/k8s/internal_layout.py): internal.yml --check --diff, internal.yml (first run: no
 merged model, vLLM at 0 replicas), train.yml (LLaMA-Factory LoRA on the tiny model, reporting to the
-cluster's MLflow), merge.yml (merge Job, vLLM scaled onto the merged model, in-cluster gate Job sends a
-real completion), internal.yml again (no change), teardown.yml. Prints a table per run and, with
+cluster's MLflow), merge.yml (merge Job writes a new version, vLLM scaled onto it, in-cluster gate Job
+sends a real completion), merge.yml with a model vLLM cannot load (fails: crash loop caught by the
+rollout wait, the previous version restored and gated), internal.yml again (no change), ui.yml (kubectl
+port-forwards to the WebUI, MLflow and vLLM through the emulator, each waited for until its local port
+answers) and ui.yml -e llmops_ui_state=stopped, teardown.yml. Prints a table per run and, with
 --runs > 1, the median of each stage. The test with the assertions is tests/k8s/test_internal_layout.py;
 this only times the same stages. Machine-dependent: compare figures from one machine.
 """
@@ -23,14 +26,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "k8s"))
 
-from internal_layout import from_environment, stage_table  # noqa: E402
+from internal_layout import BREAK_MERGE_MARKER, from_environment, stage_table  # noqa: E402
+
+EXPECTED_TO_FAIL = {"failed merge + restore"}
 
 STAGES = [
     ("check", "internal.yml", ["--check", "--diff"]),
     ("first run", "internal.yml", []),
     ("train", "train.yml", []),
     ("merge + switch + gate", "merge.yml", []),
+    # A merge whose model vLLM cannot load (fault injected: BREAK_MERGE_MARKER): it must fail, after the rollout
+    # wait caught the crash loop and the previous version was restored and gated again.
+    ("failed merge + restore", "merge.yml", []),
     ("re-run (no change)", "internal.yml", []),
+    ("ui (port-forwards)", "ui.yml", []),
+    ("ui stopped", "ui.yml", ["-e", "llmops_ui_state=stopped"]),
     ("teardown", "teardown.yml", []),
 ]
 
@@ -40,13 +50,15 @@ def one_run(workdir: Path) -> dict:
     try:
         for name, playbook, args in STAGES:
             print(f"[internal_e2e] {name}: ansible-playbook {playbook} {' '.join(args)}", flush=True)
+            if name in EXPECTED_TO_FAIL:
+                (cluster.pvc / BREAK_MERGE_MARKER).touch()
             stage = cluster.playbook(name, playbook, *args)
             print(
                 f"[internal_e2e]   rc={stage.rc} changed={stage.stats.get('changed')} {stage.seconds:.1f} s", flush=True
             )
-            if stage.rc != 0:
+            if (stage.rc != 0) != (name in EXPECTED_TO_FAIL):
                 print("\n".join(stage.failures()) or stage.output[-3000:], file=sys.stderr)
-                raise SystemExit(f"stage {name!r} failed")
+                raise SystemExit(f"stage {name!r} {'failed' if stage.rc else 'passed but should have failed'}")
         print(stage_table(cluster.stages), flush=True)
         return {s.name: s.seconds for s in cluster.stages}
     finally:

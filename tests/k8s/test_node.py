@@ -622,3 +622,69 @@ def test_kubelet_rules_in_isolation() -> None:
     assert node.template_hash(template) != node.template_hash({**template, "metadata": {"annotations": {"a": "b"}}})
     assert node.scaled_value("25%", 1, round_up=True) == 1 and node.scaled_value("25%", 1, round_up=False) == 0
     assert [node.backoff_delay(n) for n in (1, 2, 3, 7)] == [1, 2, 4, 30]
+
+
+ROLLOUT_PLAY = """\
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+  tasks:
+    - name: Apply the Deployment
+      kubernetes.core.k8s:
+        kubeconfig: KUBECONFIG
+        state: present
+        apply: true
+        definition: "{{ lookup('ansible.builtin.file', deployment_file) | from_json }}"
+
+    - name: Follow the rollout
+      llmops.platform.k8s_rollout_wait:
+        kubeconfig: KUBECONFIG
+        namespace: roll
+        name: web
+        timeout: 120
+        poll_interval: 1
+        crash_restarts: 2
+      register: rollout
+      ignore_errors: true
+"""
+
+
+def test_the_rollout_wait_follows_a_good_rollout_and_fails_fast_on_a_crash_loop(cluster: Cluster, tmp_path) -> None:
+    """llmops.platform.k8s_rollout_wait against real processes: a Deployment that becomes ready is Done; its next
+    template, whose container dies at start (a model the server cannot load), fails as Unavailable with the
+    dying container's output, long before the timeout, while the old pod's state does not count."""
+    ns = cluster.namespace("roll")
+    www = tmp_path / f"www-{uuid.uuid4().hex[:8]}"
+    www.mkdir()
+    (www / "ok").write_text("ok\n")
+    good = {
+        **http_server(www),
+        "readinessProbe": {"httpGet": {"path": "/ok", "port": "http"}, "periodSeconds": 1},
+    }
+    web = {**deployment("web", good), "metadata": {"name": "web", "namespace": ns}}
+    web["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    (tmp_path / "good.json").write_text(json.dumps(web))
+    (tmp_path / "rollout.yml").write_text(ROLLOUT_PLAY.replace("KUBECONFIG", str(cluster.api.kubeconfig)))
+    played = run_playbook(tmp_path / "rollout.yml", cwd=tmp_path, extra_vars={"deployment_file": "good.json"})
+    (result,) = played.results("Follow the rollout")
+    assert played.rc == 0 and result["state"] == "Done", played.output[-3000:]
+    assert len(result["pods"]) == 1 and "[rollout web]" in played.output
+
+    crashing = {
+        "image": "local/python:3.11",
+        "command": ["python", "-c", "import sys; print('cannot load the model: shape mismatch'); sys.exit(3)"],
+    }
+    broken = json.loads(json.dumps(web))
+    broken["spec"]["template"]["spec"]["containers"][0] = {"name": "web", **crashing}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    played = run_playbook(tmp_path / "rollout.yml", cwd=tmp_path, extra_vars={"deployment_file": "broken.json"})
+    (result,) = played.results("Follow the rollout")
+    assert result.get("failed") and result["state"] == "Unavailable", result
+    assert result["seconds"] < 100, result["seconds"]
+    assert "CANNOT BECOME AVAILABLE" in result["msg"] and "keeps failing" in result["msg"], result["msg"]
+    assert "cannot load the model: shape mismatch" in result["msg"], result["msg"]
+    # maxUnavailable 0: the old pod kept serving meanwhile.
+    ready = [p for p in cluster.pods(ns, "app=web") if conditions(p).get("Ready")]
+    assert len(ready) == 1 and ready[0]["spec"]["containers"][0].get("command") == good["command"]

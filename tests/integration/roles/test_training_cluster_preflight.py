@@ -316,8 +316,201 @@ CASES: Dict[str, Case] = {
     "gate Job named like vLLM (would replace vLLM's ServiceAccount)": Case(
         {"training_cluster_gate_job_name": "vllm-inference"}, "training_cluster_gate_job_name", "vLLM's ServiceAccount"
     ),
+    # === a second review (issue 10 item 9): each of these was accepted before it ===========================
+    # --- the training output, the served model, the datasets and the model the configs read ----------------
+    "training output inside the datasets directory": Case(
+        {"training_cluster_adapter_dir": "/storage/data/lora-adapter"},
+        "training_cluster_adapter_dir",
+        "inside the datasets directory",
+    ),
+    "served model inside the datasets directory": Case(
+        {"training_cluster_merged_model_dir": "/storage/data/merged-model"},
+        "training_cluster_merged_model_dir",
+        "inside the datasets directory",
+    ),
+    "train_extra dataset_dir in the served model's directory": Case(
+        {"training_cluster_train_extra": {"dataset_dir": "/storage/models/merged-model"}},
+        "training_cluster_train_extra.dataset_dir",
+        "holds the datasets",
+    ),
+    "merge_extra reading its model from the served model's directory": Case(
+        {"training_cluster_merge_extra": {"model_name_or_path": "/storage/models/merged-model"}},
+        "training_cluster_merge_extra.model_name_or_path",
+        "overwrites",
+    ),
+    "train_extra training another model than the merge applies the adapter to": Case(
+        {"training_cluster_train_extra": {"model_name_or_path": "/storage/models/llama-3.2-3b"}},
+        "training_cluster_train_extra.model_name_or_path",
+        "fits only the model",
+    ),
+    # --- what the platform shares with the rest of the cluster ---------------------------------------------
+    "the cluster's default namespace (labels and a default deny for everyone)": Case(
+        {"training_cluster_namespace": "default"}, "training_cluster_namespace", "default namespace"
+    ),
+    "MLflow named default (the namespace's default ServiceAccount)": Case(
+        {"training_cluster_mlflow_name": "default"}, "training_cluster_mlflow_name", "ServiceAccount"
+    ),
+    "training Job named default (the namespace's default ServiceAccount)": Case(
+        {"training_cluster_train_job_name": "default"}, "training_cluster_train_job_name", "ServiceAccount"
+    ),
+    "config ConfigMap named like vLLM's model record": Case(
+        {"training_cluster_config_map_name": "vllm-inference-model"}, "training_cluster_config_map_name", "model record"
+    ),
+    "pull secret named like the token Secret the role writes": Case(
+        {"training_cluster_image_pull_secrets": ["hf-token"]},
+        "training_cluster_image_pull_secrets[0]",
+        "dockerconfigjson",
+    ),
+    "toleration of every NoSchedule taint": Case(
+        {"training_cluster_tolerations": [{"operator": "Exists", "effect": "NoSchedule"}]},
+        "training_cluster_tolerations[0].key",
+        "every NoSchedule taint",
+    ),
+    # --- who may connect -------------------------------------------------------------------------------
+    "MLflow open to every pod of the namespace (empty podSelector)": Case(
+        {"training_cluster_mlflow_allowed_sources": [{"podSelector": {}}]},
+        "training_cluster_mlflow_allowed_sources[0].podSelector",
+        "EVERY pod",
+    ),
+    "WebUI open to its own namespace without a podSelector": Case(
+        {
+            "training_cluster_webui_allowed_sources": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "llm-training"}}}
+            ]
+        },
+        "training_cluster_webui_allowed_sources[0].namespaceSelector",
+        "EVERY pod",
+    ),
+    "WebUI open to half the IPv4 internet": Case(
+        {"training_cluster_webui_allowed_sources": [{"ipBlock": {"cidr": "0.0.0.0/1"}}]},
+        "training_cluster_webui_allowed_sources[0].ipBlock.cidr",
+        "most of the internet",
+    ),
+    "MLflow open to all global IPv6 addresses": Case(
+        {"training_cluster_mlflow_allowed_sources": [{"ipBlock": {"cidr": "2000::/3"}}]},
+        "training_cluster_mlflow_allowed_sources[0].ipBlock.cidr",
+        "most of the internet",
+    ),
+    # --- secrets in the plain environment, the configs and the tracking URI --------------------------------
+    "database password in the plain environment (*_PASS)": Case(
+        {"training_cluster_environment": {"DB_PASS": f"{KEY_MARK}-pw"}},
+        "training_cluster_environment.DB_PASS",
+        "put it in a Secret",
+    ),
+    "storage connection string with its account key": Case(
+        {
+            "training_cluster_environment": {
+                "AZURE_STORAGE_CONNECTION_STRING": f"DefaultEndpointsProtocol=https;AccountName=a;AccountKey={KEY_MARK}"
+            }
+        },
+        "training_cluster_environment.AZURE_STORAGE_CONNECTION_STRING",
+        "key or token parameter",
+    ),
+    "Authorization header in the plain environment": Case(
+        {"training_cluster_environment": {"EXTRA_HEADERS": f"Authorization: Bearer {KEY_MARK}0123456789"}},
+        "training_cluster_environment.EXTRA_HEADERS",
+        "Authorization header",
+    ),
+    "GitLab token under an innocent name": Case(
+        {"training_cluster_environment": {"GIT_REMOTE": f"glpat-{KEY_MARK}ABCDEFGHIJKLMNOP"}},
+        "training_cluster_environment.GIT_REMOTE",
+        "access token",
+    ),
+    "Hugging Face token in train_extra (the ConfigMap)": Case(
+        {"training_cluster_train_extra": {"hf_hub_token": f"hf_{KEY_MARK}0123456789abcdefghij"}},
+        "training_cluster_train_extra.hf_hub_token",
+        "ConfigMap",
+    ),
+    "hub token in merge_extra (the ConfigMap)": Case(
+        {"training_cluster_merge_extra": {"hub_token": f"{KEY_MARK}-hub"}},
+        "training_cluster_merge_extra.hub_token",
+        "ConfigMap",
+    ),
+    "tracking URI with an access token in its query": Case(
+        {"training_cluster_mlflow_tracking_uri": f"https://mlflow.example.test/?access_token={KEY_MARK}"},
+        "training_cluster_mlflow_tracking_uri",
+        "token parameter",
+    ),
+    "WebUI port overridden in the environment (set twice)": Case(
+        {"training_cluster_environment": {"GRADIO_SERVER_PORT": "8080"}},
+        "training_cluster_environment.GRADIO_SERVER_PORT",
+        "WebUI",
+    ),
+    # --- mounts, the NFS volume, directories and programs on the controller --------------------------------
+    "configs mounted over /etc/hosts": Case(
+        {"training_cluster_config_mount_path": "/etc/hosts"}, "training_cluster_config_mount_path", "kubelet"
+    ),
+    "read-only NFS mount of the shared volume": Case(
+        {**STATIC_NFS, "training_cluster_nfs_mount_options": ["nfsvers=4.1", "ro"]},
+        "training_cluster_nfs_mount_options[1]",
+        "read-only",
+    ),
+    "NFS server on the loopback (each node itself)": Case(
+        {**STATIC_NFS, "training_cluster_nfs_server": "127.0.0.1"}, "training_cluster_nfs_server", "node itself"
+    ),
+    "static NFS volume with reclaim policy Delete": Case(
+        {**STATIC_NFS, "training_cluster_pv_reclaim_policy": "Delete"}, "training_cluster_pv_reclaim_policy", "Retain"
+    ),
+    "render directory / (created with the role's mode)": Case(
+        {"training_cluster_render_dir": "/"}, "training_cluster_render_dir", "system directory"
+    ),
+    "port-forward state directory /tmp (made 0700)": Case(
+        {"training_cluster_port_forward_state_dir": "/tmp"}, "training_cluster_port_forward_state_dir", "system"
+    ),
+    "kubectl with flags in the program name": Case(
+        {"training_cluster_kubectl_binary": "kubectl --context prod"}, "training_cluster_kubectl_binary", "whitespace"
+    ),
+    "MLflow image on the moving tag main": Case(
+        {"training_cluster_mlflow_image": "ghcr.io/mlflow/mlflow:main"}, "training_cluster_mlflow_image", "moving tag"
+    ),
+    # --- following the Jobs ----------------------------------------------------------------------------
+    "Job TTL 0 (the Job is gone before the wait reads it)": Case(
+        {"training_cluster_job_ttl_seconds": 0}, "training_cluster_job_ttl_seconds", "TTL controller"
+    ),
+    "pending timeout 0 (every pod starts Pending)": Case(
+        {"training_cluster_job_pending_timeout": 0}, "training_cluster_job_pending_timeout", "Pending"
+    ),
+    # --- versioned merges (files/model-version.py) --------------------------------------------------------
+    "model versions off the shared volume": Case(
+        {"training_cluster_model_versions_dir": "/models/versions"},
+        "training_cluster_model_versions_dir",
+        "shared volume",
+    ),
+    "model versions inside the link path": Case(
+        {"training_cluster_model_versions_dir": "/storage/models/merged-model/versions"},
+        "training_cluster_model_versions_dir",
+        "link",
+    ),
+    "model versions holding the datasets (pruning deletes them)": Case(
+        {"training_cluster_model_versions_dir": "/storage"}, "training_cluster_model_versions_dir", "shared volume"
+    ),
+    "model versions inside the training output": Case(
+        {"training_cluster_model_versions_dir": "/storage/output/lora-adapter/versions"},
+        "training_cluster_model_versions_dir",
+        "training output",
+    ),
+    "model version with a path separator": Case(
+        {"training_cluster_model_version": "../served"}, "training_cluster_model_version", "not a version name"
+    ),
+    "model version with a trailing newline": Case(
+        {"training_cluster_model_version": "v1\n"}, "training_cluster_model_version", "control characters"
+    ),
+    "model version starting with a dash (an option to the Job's command)": Case(
+        {"training_cluster_model_version": "--keep=0"}, "training_cluster_model_version", "not a version name"
+    ),
+    "negative keep count": Case({"training_cluster_model_keep": -1}, "training_cluster_model_keep", "at least 0"),
+    "protected version with a slash": Case(
+        {"training_cluster_model_protect": ["v1/.."]}, "training_cluster_model_protect[0]", "not a version name"
+    ),
+    "merge export_dir set by hand (the versioned merge sets it)": Case(
+        {"training_cluster_merge_extra": {"export_dir": "/storage/models/other"}},
+        "training_cluster_merge_extra.export_dir",
+        "versioned merge",
+    ),
 }
 OLD_CASES = 17
+# The cases before the second review: it added at least 30 here (and 20 in test_vllm_k8s_preflight.py).
+BEFORE_SECOND_REVIEW = 70
 
 # Valid configurations: they pass every variable check and render.
 VALID_CASES: Dict[str, Dict[str, Any]] = {
@@ -353,6 +546,12 @@ VALID_CASES: Dict[str, Dict[str, Any]] = {
         "training_cluster_pod_security_level": "baseline",
         "training_cluster_pod_security_version": "v1.31",
         "training_cluster_network_policy": False,
+    },
+    "the same model for training and merge, kept Jobs, a private IPv6 range": {
+        "training_cluster_train_extra": {"model_name_or_path": "/storage/models/llama-3.2-3b"},
+        "training_cluster_merge_extra": {"model_name_or_path": "/storage/models/llama-3.2-3b"},
+        "training_cluster_job_ttl_seconds": 3600,
+        "training_cluster_mlflow_allowed_sources": [{"ipBlock": {"cidr": "fd00::/8"}}],
     },
     "one WebUI and MLflow port forward when MLflow is off": {
         "training_cluster_mlflow_enabled": False,
@@ -403,6 +602,7 @@ def test_one_run_for_every_case(preflight: CaseRun) -> None:
     """Every case host is in the one run's stats, no secret reached the output, and the run stays quick (CI time)."""
     assert_one_run_for_every_case(preflight, HOSTS, mark=KEY_MARK, what="a token, password or credential")
     assert len(CASES) - OLD_CASES >= 30
+    assert len(CASES) - BEFORE_SECOND_REVIEW >= 30
 
 
 # ---- the whole role against the API emulator -----------------------------------------------------------

@@ -302,8 +302,102 @@ CASES: Dict[str, Case] = {
     "helm mode with a name too long for the chart's Service": Case(
         {"vllm_k8s_mode": "helm", "vllm_k8s_apply": False, "vllm_k8s_name": "v" * 48}, "vllm_k8s_name", "engine"
     ),
+    # === a second review (issue 10 item 9): each of these was accepted before it ===========================
+    # --- what the platform shares with the rest of the cluster ---------------------------------------------
+    "the cluster's default namespace (the role labels it)": Case(
+        {"vllm_k8s_namespace": "default"}, "vllm_k8s_namespace", "default namespace"
+    ),
+    "named default (the namespace's default ServiceAccount)": Case(
+        {"vllm_k8s_name": "default"}, "vllm_k8s_name", "ServiceAccount"
+    ),
+    "toleration that tolerates every taint": Case(
+        {"vllm_k8s_tolerations": [{"operator": "Exists"}]}, "vllm_k8s_tolerations[0].key", "every taint"
+    ),
+    "negative tolerationSeconds (evicted at once)": Case(
+        {"vllm_k8s_tolerations": [{"key": "x", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": -5}]},
+        "vllm_k8s_tolerations[0].tolerationSeconds",
+        "negative",
+    ),
+    # --- secrets in the plain environment and in the container's args ---------------------------------------
+    "an *_KEY in the plain environment": Case(
+        {"vllm_k8s_environment": {"OPENAI_KEY": f"{KEY_MARK}0123456789abcdef"}},
+        "vllm_k8s_environment.OPENAI_KEY",
+        "put it in a Secret",
+    ),
+    "database URL with the password as a query parameter": Case(
+        {"vllm_k8s_environment": {"RESULTS_DB": f"postgresql://db.internal/vllm?user=app&password={KEY_MARK}"}},
+        "vllm_k8s_environment.RESULTS_DB",
+        "password",
+    ),
+    "JDBC URL with credentials": Case(
+        {"vllm_k8s_environment": {"RESULTS_JDBC": f"jdbc:postgresql://app:{KEY_MARK}@db.internal/vllm"}},
+        "vllm_k8s_environment.RESULTS_JDBC",
+        "credentials",
+    ),
+    "private key in the plain environment": Case(
+        {
+            "vllm_k8s_environment": {
+                "SSH_IDENTITY": f"-----BEGIN OPENSSH PRIVATE KEY-----\n{KEY_MARK}\n-----END OPENSSH PRIVATE KEY-----"
+            }
+        },
+        "vllm_k8s_environment.SSH_IDENTITY",
+        "private key",
+    ),
+    "API key in a server argument's URL query": Case(
+        {
+            "vllm_k8s_server": {
+                "extra_args": ["--otlp-traces-endpoint", f"https://otel.example.test/v1/traces?api_key={KEY_MARK}"]
+            }
+        },
+        "vllm_k8s_server.extra_args[1]",
+        "key or token parameter",
+    ),
+    # --- where vLLM writes: a read-only root file system and a read-only model volume ----------------------
+    "vLLM cache on the read-only model volume": Case(
+        {"vllm_k8s_environment": {"VLLM_CACHE_ROOT": "/storage/vllm-cache"}},
+        "vllm_k8s_environment.VLLM_CACHE_ROOT",
+        "read-only",
+    ),
+    "HOME on the read-only root file system": Case(
+        {"vllm_k8s_environment": {"HOME": "/root"}}, "vllm_k8s_environment.HOME", "root file system"
+    ),
+    "Hugging Face cache at a relative path": Case(
+        {"vllm_k8s_environment": {"HF_HOME": ".cache/huggingface"}}, "vllm_k8s_environment.HF_HOME", "absolute"
+    ),
+    "liveness probe variable set twice": Case(
+        {"vllm_k8s_environment": {"WATCHDOG_URL": "http://127.0.0.1:9000"}},
+        "vllm_k8s_environment.WATCHDOG_URL",
+        "liveness probe",
+    ),
+    "model volume over the CA certificates": Case(
+        {"vllm_k8s_pvc_mount_path": "/etc/ssl", "vllm_k8s_model_path": "/etc/ssl/merged-model"},
+        "vllm_k8s_pvc_mount_path",
+        "CA certificates",
+    ),
+    "render directory /etc (created with the role's mode)": Case(
+        {"vllm_k8s_render_dir": "/etc"}, "vllm_k8s_render_dir", "system directory"
+    ),
+    # --- what a real API server or the Prometheus operator refuses -------------------------------------------
+    "rolling update of 00% and 0 (never progresses)": Case(
+        {"vllm_k8s_strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "00%", "maxUnavailable": 0}}},
+        "vllm_k8s_strategy.rollingUpdate.maxUnavailable",
+        "may not be 0",
+    ),
+    "PodDisruptionBudget of 00%": Case(
+        {"vllm_k8s_pdb_max_unavailable": "00%"}, "vllm_k8s_pdb_max_unavailable", "block every node drain"
+    ),
+    "ServiceMonitor interval with units out of order": Case(
+        {"vllm_k8s_service_monitor_interval": "30s1m"}, "vllm_k8s_service_monitor_interval", "Prometheus duration"
+    ),
+    # --- programs and images -------------------------------------------------------------------------------
+    "command with its argument in one word": Case(
+        {"vllm_k8s_command": ["vllm serve"]}, "vllm_k8s_command[0]", "whitespace"
+    ),
+    "moving image tag nightly": Case({"vllm_k8s_image_tag": "nightly"}, "vllm_k8s_image_tag", "moving tag"),
 }
 OLD_CASES = 19
+# The cases before the second review: it added at least 20 here (and 30 in test_training_cluster_preflight.py).
+BEFORE_SECOND_REVIEW = 79
 
 # Valid configurations: they pass every variable check and render.
 VALID_CASES: Dict[str, Dict[str, Any]] = {
@@ -328,6 +422,17 @@ VALID_CASES: Dict[str, Dict[str, Any]] = {
     },
     "environment that is not secret": {
         "vllm_k8s_environment": {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "INFO"},
+    },
+    "caches on the pod's writable mounts, a key file by path": {
+        "vllm_k8s_environment": {
+            "VLLM_CACHE_ROOT": "/tmp/vllm-cache",
+            "HF_HOME": "/home/vllm/hf",
+            "SSL_KEY_FILE": "/etc/llmops/tls.key",
+        },
+    },
+    "a taint tolerated by key, a ServiceMonitor interval in order": {
+        "vllm_k8s_tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "vllm_k8s_service_monitor_interval": "1m30s",
     },
     "Hugging Face id with the hub online": {
         "vllm_k8s_model_path": "Qwen/Qwen2.5-0.5B-Instruct",
@@ -400,6 +505,7 @@ def test_one_run_for_every_case(preflight: CaseRun) -> None:
     """Every case host is in the one run's stats, no key reached the output, and the run stays quick (CI time)."""
     assert_one_run_for_every_case(preflight, HOSTS, mark=KEY_MARK, what="a key, token or credential")
     assert len(CASES) - OLD_CASES >= 30
+    assert len(CASES) - BEFORE_SECOND_REVIEW >= 20
 
 
 # ---- the whole role against the API emulator -----------------------------------------------------------

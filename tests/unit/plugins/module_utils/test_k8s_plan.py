@@ -239,6 +239,18 @@ def test_dns_subdomains(value: str, ok: bool) -> None:
         ("MLFLOW_TRACKING_PASSWORD_FILE", "/run/secrets/pw", False),
         ("HF_TOKEN", "", False),
         ("MLFLOW_TRACKING_URI", "http://mlflow:5000", False),
+        ("OPENAI_KEY", "x", True),
+        ("DB_PASS", "x", True),
+        ("RESULTS_JDBC", "jdbc:postgresql://u:p@db/x", True),
+        ("RESULTS_DB", "postgresql://db/x?user=u&password=p", True),
+        ("CONN", "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=abc==", True),
+        ("HEADERS", "Authorization: Bearer abcdefgh12345", True),
+        ("IDENTITY", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----", True),
+        ("REMOTE", "glpat-" + "a" * 20, True),
+        ("KEY", "x", False),  # a bare KEY names nothing
+        ("TOKENIZER_KEY_FILE", "/x", False),
+        ("VLLM_LOGGING_LEVEL", "INFO", False),
+        ("URL", "https://example.test/search?q=token", False),
     ],
 )
 def test_secret_reason(name: str, value: str, secret: bool) -> None:
@@ -275,11 +287,17 @@ def test_resources_follow_the_api_server() -> None:
 
 def test_tolerations_follow_the_api_server() -> None:
     kp.check_tolerations(
-        [{"operator": "Exists"}, {"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute",
-                                  "tolerationSeconds": 30}],
+        [{"key": "k", "operator": "Exists"}, {"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute",
+                                              "tolerationSeconds": 30}],
         "t",
     )  # fmt: skip
     cases = [
+        ([{"operator": "Exists"}], "t[0].key"),  # tolerates every taint
+        ([{"operator": "Exists", "effect": "NoSchedule"}], "t[0].key"),
+        (
+            [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": -1}],
+            "t[0].tolerationSeconds",
+        ),
         ([{"key": "k", "operator": "Exists", "value": "v"}], "t[0].value"),
         ([{"operator": "Equal", "value": "v"}], "t[0].operator"),
         ([{"key": "k", "operator": "Exists", "tolerationSeconds": 5}], "t[0].tolerationSeconds"),
@@ -297,6 +315,7 @@ def test_strategies_follow_the_api_server() -> None:
     kp.check_strategy({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}, "s")
     cases = [
         ({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}}, "may not be 0"),
+        ({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "00%", "maxUnavailable": 0}}, "may not be 0"),
         ({"type": "Recreate", "rollingUpdate": {}}, "Recreate"),
         ({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "150%"}}, "100%"),
         ({"type": "Rolling"}, "must be one of"),
@@ -308,8 +327,10 @@ def test_strategies_follow_the_api_server() -> None:
 
 def test_mount_points() -> None:
     assert kp.check_mount_point("/storage/", "m", kp.VLLM_POD_MOUNTS) == "/storage"
+    assert kp.check_mount_point("/etc/llama-factory", "m", kp.TRAINING_POD_MOUNTS) == "/etc/llama-factory"
     for path, reason in (("/usr/local", "system"), ("/", "system"), ("/tmp", "system"), ("/home/vllm/x", "own mount"),
-                         ("storage", "absolute"), ("/a/../b", "'..'")):  # fmt: skip
+                         ("storage", "absolute"), ("/a/../b", "'..'"), ("/etc/ssl/certs", "inside /etc/ssl"),
+                         ("/etc/resolv.conf", "every program")):  # fmt: skip
         with pytest.raises(K8sPlanError, match=re.escape(reason)):
             kp.check_mount_point(path, "m", kp.VLLM_POD_MOUNTS)
 
@@ -589,10 +610,137 @@ def test_allowed_sources_in_kubernetes_shape_pass() -> None:
         {"podSelector": {"matchLabels": {"app": "batch-eval"}}},
         {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.5.0/24"]}},
         {"ipBlock": {"cidr": "fd00::/64"}},
+        {"ipBlock": {"cidr": "fc00::/7"}},
+        {"ipBlock": {"cidr": "10.0.0.0/8"}},
+        {"namespaceSelector": {"matchLabels": {"team": "ml"}}, "podSelector": {}},
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "llm-training"}},
+            "podSelector": {"matchLabels": {"app": "notebook"}},
+        },
     ]
     kp.plan_training_cluster(
         tc(webui_allowed_sources=sources, mlflow_allowed_sources=sources), kp.plan_llamafactory(lf())
     )
+
+
+# ---- values of the right type that break the platform (issue 10 item 9) ------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "variable", "reason"),
+    [
+        ({"namespace": "default"}, "vllm_k8s_namespace", "default namespace"),
+        ({"name": "default"}, "vllm_k8s_name", "ServiceAccount"),
+        ({"render_dir": "/etc"}, "vllm_k8s_render_dir", "system directory"),
+        ({"command": ["vllm serve"]}, "vllm_k8s_command[0]", "whitespace"),
+        ({"image_tag": "nightly"}, "vllm_k8s_image_tag", "moving tag"),
+        ({"service_monitor_interval": "30s1m"}, "vllm_k8s_service_monitor_interval", "Prometheus duration"),
+        ({"pdb_max_unavailable": "00%"}, "vllm_k8s_pdb_max_unavailable", "block every node drain"),
+        ({"environment": {"WATCHDOG_URL": "http://127.0.0.1:9"}}, "vllm_k8s_environment.WATCHDOG_URL", "liveness"),
+        ({"environment": {"VLLM_CACHE_ROOT": "/storage/c"}}, "vllm_k8s_environment.VLLM_CACHE_ROOT", "read-only"),
+        ({"environment": {"HOME": "/root"}}, "vllm_k8s_environment.HOME", "root file system"),
+        (
+            {"server": {"extra_args": ["--otlp-traces-endpoint", "https://o.test/v1?api_key=abc"]}},
+            "vllm_k8s_server.extra_args[1]",
+            "key or token parameter",
+        ),
+    ],
+)
+def test_vllm_k8s_refuses_what_breaks_the_platform(overrides: Dict[str, Any], variable: str, reason: str) -> None:
+    fails(kp.plan_vllm_k8s, vllm(**overrides), variable, reason)
+
+
+def test_vllm_k8s_writable_caches_and_an_own_default_namespace_pass() -> None:
+    kp.plan_vllm_k8s(vllm(environment={"VLLM_CACHE_ROOT": "/tmp/vllm", "HF_HOME": "/home/vllm/hf"}))
+    kp.plan_vllm_k8s(vllm(pvc_read_only=False, environment={"VLLM_CACHE_ROOT": "/storage/cache"}))
+    kp.plan_vllm_k8s(vllm(namespace="default", create_namespace=False, liveness_completion=False,
+                          environment={"WATCHDOG_URL": "x"}))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable", "reason"),
+    [
+        ({"adapter_dir": "/storage/data/lora"}, "training_cluster_adapter_dir", "inside the datasets directory"),
+        (
+            {"train_extra": {"dataset_dir": "/storage/models/merged-model"}},
+            "training_cluster_train_extra.dataset_dir",
+            "holds the datasets",
+        ),
+        (
+            {"merge_extra": {"model_name_or_path": "/storage/models/merged-model/"}},
+            "training_cluster_merge_extra.model_name_or_path",
+            "overwrites",
+        ),
+        (
+            {"train_extra": {"model_name_or_path": "/storage/models/base"}},
+            "training_cluster_train_extra.model_name_or_path",
+            "fits only the model",
+        ),
+        ({"train_extra": {"hf_hub_token": "x"}}, "training_cluster_train_extra.hf_hub_token", "ConfigMap"),
+    ],
+)
+def test_llamafactory_refuses_what_breaks_the_platform(overrides: Dict[str, Any], variable: str, reason: str) -> None:
+    fails(kp.plan_llamafactory, lf(**overrides), variable, reason)
+
+
+def test_llamafactory_same_model_for_training_and_merge_passes() -> None:
+    model = {"model_name_or_path": "/storage/models/base"}
+    plan = kp.plan_llamafactory(lf(train_extra=model, merge_extra=model))
+    assert plan["dataset_where"] == "training_cluster_dataset_dir"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable", "reason"),
+    [
+        ({"namespace": "default"}, "training_cluster_namespace", "default namespace"),
+        ({"mlflow_name": "default"}, "training_cluster_mlflow_name", "ServiceAccount"),
+        ({"config_map_name": "vllm-inference-model"}, "training_cluster_config_map_name", "model record"),
+        ({"image_pull_secrets": ["hf-token"]}, "training_cluster_image_pull_secrets[0]", "dockerconfigjson"),
+        ({"webui_allowed_sources": [{"podSelector": {}}]}, "training_cluster_webui_allowed_sources[0]", "EVERY pod"),
+        (
+            {
+                "mlflow_allowed_sources": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "llm-training"}}}
+                ]
+            },
+            "training_cluster_mlflow_allowed_sources[0].namespaceSelector",
+            "EVERY pod",
+        ),
+        (
+            {"webui_allowed_sources": [{"ipBlock": {"cidr": "0.0.0.0/1"}}]},
+            "training_cluster_webui_allowed_sources",
+            "most",
+        ),
+        ({"tolerations": [{"operator": "Exists"}]}, "training_cluster_tolerations[0].key", "every taint"),
+        ({"environment": {"GRADIO_SERVER_PORT": "8080"}}, "training_cluster_environment.GRADIO_SERVER_PORT", "WebUI"),
+        ({"environment": {"DB_PASS": "x"}}, "training_cluster_environment.DB_PASS", "credential"),
+        ({"job_ttl_seconds": 0}, "training_cluster_job_ttl_seconds", "TTL controller"),
+        ({"job_pending_timeout": 0}, "training_cluster_job_pending_timeout", "Pending"),
+        ({"port_forward_state_dir": "/tmp"}, "training_cluster_port_forward_state_dir", "system directory"),
+        ({"kubectl_binary": "kubectl --context x"}, "training_cluster_kubectl_binary", "whitespace"),
+        ({"mlflow_image": "ghcr.io/mlflow/mlflow:main"}, "training_cluster_mlflow_image", "moving tag"),
+        ({"mlflow_tracking_uri": "https://m.test/?access_token=x"}, "training_cluster_mlflow_tracking_uri", "token"),
+        (
+            {"storage_mode": "static_nfs", "nfs_server": "localhost", "nfs_path": "/x"},
+            "training_cluster_nfs_server",
+            "node itself",
+        ),
+        (
+            {"storage_mode": "static_nfs", "nfs_server": "nfs1", "nfs_path": "/x", "pv_reclaim_policy": "Delete"},
+            "training_cluster_pv_reclaim_policy",
+            "Retain",
+        ),
+        ({"nfs_mount_options": ["hard", "ro"]}, "training_cluster_nfs_mount_options[1]", "read-only"),
+    ],
+)
+def test_training_cluster_refuses_what_breaks_the_platform(
+    overrides: Dict[str, Any], variable: str, reason: str
+) -> None:
+    fails(kp.plan_training_cluster, tc(**overrides), variable, reason, kp.plan_llamafactory(lf()))
+
+
+def test_training_cluster_default_namespace_without_changing_it_passes() -> None:
+    plan = kp.plan_llamafactory(lf())
+    kp.plan_training_cluster(tc(namespace="default", create_namespace=False, network_policy=False), plan)
+    kp.plan_training_cluster(tc(job_ttl_seconds=60, job_pending_timeout=60, render_dir="out/manifests"), plan)
 
 
 # ---- stopping the vLLM pod -------------------------------------------------------------------------------
