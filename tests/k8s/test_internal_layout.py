@@ -339,7 +339,10 @@ def check_ui(cluster, tmp_path_factory) -> None:
     # title names the WebUI pod (its HOSTNAME), and the training form is there.
     webui_pod = cluster.pods("app.kubernetes.io/name=llama-factory-webui")[0]["metadata"]["name"]
     form = ("Model name", "Model path", "Finetuning method", "Train", "Dataset", "Learning rate", "LoRA rank")
-    shows_form = lambda dom: all(label in visible_text(dom) for label in form)  # noqa: E731
+
+    def shows_form(dom: str) -> bool:
+        return all(label in visible_text(dom) for label in form)
+
     dom = page_dom(url["webui"] + "/", tmp_path_factory.mktemp("chromium-webui"), shows_form)
     assert f"<title>LLaMA Factory ({webui_pod})</title>" in dom, dom[:2000]
     text = visible_text(dom)
@@ -356,10 +359,16 @@ def check_ui(cluster, tmp_path_factory) -> None:
     info, metrics = run["info"], {m["key"] for m in run["data"]["metrics"]}
     assert info["status"] == "FINISHED" and "loss" in metrics, (info, metrics)
     runs_page = f"{url['mlflow']}/#/experiments/{info['experiment_id']}/runs"
-    listed = lambda dom: info["run_name"] in visible_text(dom)  # noqa: E731  ("0 matching runs" while loading)
+
+    def listed(dom: str) -> bool:  # "0 matching runs" while loading
+        return info["run_name"] in visible_text(dom)
+
     text = visible_text(page_dom(runs_page, tmp_path_factory.mktemp("chromium-mlflow"), listed))
     assert info["run_name"] in text and "1 matching run" in text, text[:3000]
-    shown = lambda dom: f"Metrics ({len(metrics)})" in visible_text(dom)  # noqa: E731
+
+    def shown(dom: str) -> bool:
+        return f"Metrics ({len(metrics)})" in visible_text(dom)
+
     text = visible_text(page_dom(f"{runs_page}/{info['run_id']}", tmp_path_factory.mktemp("chromium-run"), shown))
     assert info["run_name"] in text and "Status Finished" in text, text[:3000]
     assert f"Metrics ({len(metrics)})" in text, (sorted(metrics), text[:3000])
