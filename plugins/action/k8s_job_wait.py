@@ -95,7 +95,7 @@ class ActionModule(ActionBase):
         next_progress = started
         last_state, progress, pod, job = None, {}, None, None
         while True:
-            job = self._read_job(api, batch, namespace, name)
+            job = self._read_object(batch.read_namespaced_job, namespace, name)
             outcome = job_outcome(job)
             pods = _raw(core.list_namespaced_pod(namespace, label_selector=f"job-name={name}", _preload_content=False))
             pods = pods.get("items") or []
@@ -161,9 +161,10 @@ class ActionModule(ActionBase):
         return out
 
     @staticmethod
-    def _read_job(api, batch, namespace, name):
+    def _read_object(read, namespace, name):
+        """The object as the API returns it (``read``: a read_namespaced_* method), or None when it is gone."""
         try:
-            return _raw(batch.read_namespaced_job(name, namespace, _preload_content=False))
+            return _raw(read(name, namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None

@@ -46,7 +46,7 @@ class ActionModule(JobWaitAction):
         next_progress = started
         last_line = None
         while True:
-            deploy = self._read(apps, namespace, name)
+            deploy = self._read_object(apps.read_namespaced_deployment, namespace, name)
             state, words = rollout_state(deploy)
             pods = []
             if deploy:
@@ -104,15 +104,6 @@ class ActionModule(JobWaitAction):
             ),
         )
         return out
-
-    @staticmethod
-    def _read(apps, namespace, name):
-        try:
-            return _raw(apps.read_namespaced_deployment(name, namespace, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     @staticmethod
     def _log(core, namespace, pod, lines):
