@@ -43,3 +43,50 @@ def pytest_configure(config: pytest.Config) -> None:
                 "(run the tests through scripts/run)",
                 returncode=4,
             )
+
+
+# Wall seconds of the slow test files, measured one at a time on a 2-CPU machine (`--durations` in the
+# integration stage's output prints the current figures), and of each molecule scenario (tests/molecule runs
+# each as one test). Files run longest first so that with pytest-xdist (tests/run_all.sh) the long ones start at
+# once on different workers and the short ones fill the gaps at the end; what is not listed counts as short.
+# Only the order of files changes: tests inside a file keep their order (several files run their cases in
+# sequence on one deployment).
+TEST_FILE_SECONDS = {
+    "tests/integration/hosts/test_external_fleet.py": 1080,
+    "tests/integration/hosts/test_model_sync.py": 900,
+    "tests/k8s/test_internal_layout.py": 850,
+}
+MOLECULE_FILE = "tests/molecule/test_scenarios.py"
+MOLECULE_SECONDS = {"vllm_host": 600, "vllm_k8s": 280, "training_cluster": 150}
+
+
+def _relative(item: pytest.Item) -> str:
+    try:
+        return Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return ""
+
+
+def _seconds(item: pytest.Item) -> int:
+    path = _relative(item)
+    if path == MOLECULE_FILE and hasattr(item, "callspec"):
+        return MOLECULE_SECONDS.get(item.callspec.params.get("scenario"), 0)
+    return TEST_FILE_SECONDS.get(path, 0)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    items.sort(key=lambda item: -_seconds(item))  # stable: a file's tests keep their order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """pytest-xdist's work units: one test file each (its module fixtures, a booted fleet or a cluster, are built
+    once, on one worker), except that every molecule scenario is a unit of its own. Units go out in collection
+    order (tests/run_all.sh passes --no-loadscope-reorder), i.e. longest first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path.endswith(MOLECULE_FILE) else path
+
+    return FileScheduling(config, log)

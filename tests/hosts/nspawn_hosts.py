@@ -601,7 +601,9 @@ def create(args: argparse.Namespace) -> int:
         }
     boot_started = time.monotonic()
     errors = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+    # No hosts (--count 0) is allowed: with --wheelhouse it keeps the bridge and one wheelhouse server up for
+    # every set of hosts created until its destroy (tests/run_all.sh does that for its parallel workers).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
         futures = {
             pool.submit(
                 start_host, h, state["hosts"][h], base=base, state_dir=state_dir, state=state, binds=args.bind_ro
