@@ -25,9 +25,10 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 from itest_support import (
@@ -724,7 +725,7 @@ def start_train(emulator: Emulator, tmp_path: Path) -> subprocess.Popen:
             }
         )
     )
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         ["ansible-playbook", "-i", "localhost,", str(play), "-e", f"@{varsfile}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -732,12 +733,35 @@ def start_train(emulator: Emulator, tmp_path: Path) -> subprocess.Popen:
         env=ansible_env(),
         cwd=tmp_path,
     )
+    # The output is read as it comes (proc.lines), so a test can wait for what the play prints.
+    proc.lines = []  # type: ignore[attr-defined]
+
+    def read() -> None:
+        for line in iter(proc.stdout.readline, ""):
+            proc.lines.append(line)  # type: ignore[attr-defined]
+
+    proc.reader = threading.Thread(target=read, daemon=True)  # type: ignore[attr-defined]
+    proc.reader.start()  # type: ignore[attr-defined]
+    return proc
+
+
+def output_of(proc: subprocess.Popen) -> str:
+    return "".join(proc.lines)  # type: ignore[attr-defined]
+
+
+def wait_for_output(proc: subprocess.Popen, predicate: Callable[[str], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(predicate(line) for line in list(proc.lines)):  # type: ignore[attr-defined]
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            f"the play never printed {what}:\n" + output_of(proc)[-3000:]
+        )
+        time.sleep(0.2)
 
 
 def wait_for_job(emulator: Emulator, proc: subprocess.Popen, old_uid: str = "") -> dict:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert proc.poll() is None, output_of(proc)[-3000:]
         if emulator.exists(JOB):
             job = emulator.get(JOB)
             if job["metadata"]["uid"] != old_uid:
@@ -748,7 +772,9 @@ def wait_for_job(emulator: Emulator, proc: subprocess.Popen, old_uid: str = "") 
 
 
 def finish(proc: subprocess.Popen) -> tuple:
-    output = proc.communicate(timeout=180)[0]
+    proc.wait(timeout=180)
+    proc.reader.join(timeout=30)  # type: ignore[attr-defined]
+    output = output_of(proc)
     report = json.loads(output[output.index("{") :]) if "{" in output else {}
     return proc.returncode, report, output
 
@@ -817,7 +843,8 @@ def test_a_job_whose_pod_cannot_pull_its_image_fails_at_once(log_emulator: Emula
             "spec": {"containers": [{"name": "train", "image": "registry.example.test/llm/llama-factory-train:0.9.5"}]},
         },
     )
-    time.sleep(3)  # the play polls every second: it sees the pod waiting first, and says so
+    # The play polls every second: once it has seen the pod waiting (and said so), the pull fails.
+    wait_for_output(proc, lambda line: "[train]" in line and "Pending" in line, "the pod waiting in Pending")
     started = time.monotonic()
     waiting = {
         "reason": "ErrImagePull",
@@ -832,7 +859,7 @@ def test_a_job_whose_pod_cannot_pull_its_image_fails_at_once(log_emulator: Emula
     )
     rc, report, output = finish(proc)
     assert rc != 0, output[-3000:]
-    assert time.monotonic() - started < 30, "the play did not fail at once"
+    assert time.monotonic() - started < 60, "the play did not fail at once"
     messages = "\n".join(report_failures(report))
     assert "CANNOT START: pod llama-factory-train-pull1 ErrImagePull: the image cannot be pulled" in messages, messages
     assert "manifest for registry.example.test/llm/llama-factory-train:0.9.5 not found" in messages, messages
