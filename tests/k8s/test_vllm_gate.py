@@ -5,6 +5,7 @@ through a real kubectl port-forward is tests/k8s/test_internal_layout.py's (it n
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -98,3 +99,41 @@ def test_the_default_name_is_not_looked_for(k8s_emulator: Emulator, deployment: 
     assert run.rc != 0
     failures = "\n".join(run.failures())
     assert f"No Deployment {NS}/vllm-inference (from vllm_k8s_name)" in failures, failures
+
+
+FAKE_KUBECTL = """#!/bin/sh
+# kubectl stand-in: `version` answers, `port-forward ... LOCAL:PORT` serves HTTP on LOCAL (404 everywhere: no vLLM).
+[ "$1" = version ] && exit 0
+for arg in "$@"; do last="$arg"; done
+exec {python} -m http.server "${{last%%:*}}" --bind 127.0.0.1
+"""
+
+
+def test_the_forward_is_stopped_when_the_completion_fails(
+    k8s_emulator: Emulator, deployment: str, tmp_path: Path
+) -> None:
+    """The gate's forward is started and, whatever openai_health says, stopped again (its pidfile gone)."""
+    make_ready(k8s_emulator, deployment)
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL.format(python=sys.executable))
+    kubectl.chmod(0o755)
+    local = emu.free_port()
+    settings = {"vllm_k8s_kubectl_binary": str(kubectl), "vllm_k8s_gate_timeout": 10, "vllm_k8s_gate_local_port": local}
+    run = gate(k8s_emulator, tmp_path, **settings)
+    assert run.rc != 0
+    failures = "\n".join(run.failures())
+    assert "/health kept answering HTTP 404" in failures and "label" not in failures, failures
+    started = [
+        i["stdout"]
+        for r in run.results("Start each forward in the background")
+        for i in r.get("results", [])
+        if not i.get("skipped")
+    ]
+    stopped = [
+        i["stdout"]
+        for r in run.results("Stop the port forwards started here")
+        for i in r.get("results", [])
+        if not i.get("skipped")
+    ]
+    assert started == ["started"] and stopped == ["stopped"], (started, stopped)
+    assert not (tmp_path / "port-forward" / "vllm-gate.pid").exists()
