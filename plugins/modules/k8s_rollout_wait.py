@@ -86,10 +86,11 @@ attributes:
     membership:
       - llmops.platform.k8s
   check_mode:
-    support: none
-    description: Skipped in check mode.
+    support: full
+    description: Does nothing in check mode and reports skipped (it never changes anything).
   diff_mode:
     support: none
+    description: Changes nothing, so there is nothing to diff.
 notes:
   - Runs on the controller whatever the host is; C(delegate_to) is not needed.
 """
