@@ -3,16 +3,16 @@ Kubernetes API emulator with the test node (tests/k8s/node.py) running the pods'
 
     scripts/run python benchmarks/internal_e2e.py [--runs N] [--keep DIR]
 
-Stages (unmodified playbooks, an inventory copied from inventories/internal with a vault and the CPU
-settings of tests/k8s/internal_layout.py): internal.yml --check --diff, internal.yml (first run: no
-merged model, vLLM at 0 replicas), train.yml (LLaMA-Factory LoRA on the tiny model, reporting to the
-cluster's MLflow), merge.yml (merge Job writes a new version, vLLM scaled onto it, in-cluster gate Job
-sends a real completion), merge.yml with a model vLLM cannot load (fails: crash loop caught by the
+Stages (unmodified playbooks, an inventory copied from inventories/internal with a vault and the CPU settings
+of tests/k8s/internal_layout.py, vLLM renamed there): internal.yml --check --diff, internal.yml (first run: no
+merged model, vLLM at 0 replicas), train.yml (LLaMA-Factory LoRA on the tiny model, reporting to the cluster's
+MLflow), merge.yml (merge Job writes a new version, vLLM scaled onto it, its gate sends a real completion
+through a kubectl port-forward), merge.yml with a model vLLM cannot load (fails: crash loop caught by the
 rollout wait, the previous version restored and gated), internal.yml again (no change), ui.yml (kubectl
-port-forwards to the WebUI, MLflow and vLLM through the emulator, each waited for until its local port
-answers) and ui.yml -e llmops_ui_state=stopped, teardown.yml. Prints a table per run and, with
---runs > 1, the median of each stage. The test with the assertions is tests/k8s/test_internal_layout.py;
-this only times the same stages. Machine-dependent: compare figures from one machine.
+port-forwards to the WebUI, MLflow and vLLM through the emulator, each waited for until its local port answers) and
+ui.yml -e llmops_ui_state=stopped, teardown.yml. Prints a table per run and, with --runs > 1, the median of
+each stage. The test with the assertions is tests/k8s/test_internal_layout.py; this only times the same
+stages. Machine-dependent: compare figures from one machine.
 """
 
 from __future__ import annotations

@@ -964,6 +964,9 @@ _VLLM_BOUNDS = (
     ("run_as_group", 0, 2147483647),
     ("fs_group", 0, 2147483647),
     ("drain_seconds", 0, 3600),
+    ("gate_timeout", 10, 86400),
+    ("gate_local_port", 1024, 65535),
+    ("port_forward_local_port", 1, 65535),
 )
 _VLLM_BOOLEANS = (
     "apply",
@@ -978,6 +981,7 @@ _VLLM_BOOLEANS = (
     "wait_for_model",
     "teardown_model_record",
     "liveness_completion",
+    "port_forward_start",
 )
 # The completion liveness probe's environment (tasks/render.yml, _vllm_k8s_env).
 _VLLM_PROBE_ENV = ("WATCHDOG_MODEL", "WATCHDOG_STATE_DIR", "WATCHDOG_TIMEOUT", "WATCHDOG_URL")
@@ -1271,6 +1275,22 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
                 "vllm_k8s_create_namespace false and label the namespace yourself",
             )
 
+    # The health gate and the port-forward (kubectl on the controller).
+    check_program(s("kubectl_binary"), s.name("kubectl_binary"))
+    _check_loopback(s("port_forward_address"), s.name("port_forward_address"))
+    _choice(s("port_forward_state"), s.name("port_forward_state"), ("started", "stopped"))
+    check_path(s("port_forward_state_dir"), s.name("port_forward_state_dir"))
+    check_controller_dir(s("port_forward_state_dir"), s.name("port_forward_state_dir"), "pidfiles and logs")
+    if numbers["gate_local_port"] == numbers["port_forward_local_port"]:
+        _fail(
+            s.name("gate_local_port"),
+            f"local port {numbers['gate_local_port']} is also vllm_k8s_port_forward_local_port: the gate's kubectl "
+            "port-forward cannot bind it while ui.yml's forward runs",
+        )
+
+    key_secret = secret_name if flags["api_key_required"] or api_key else ""
+    objects = vllm_k8s_objects(s, flags, mode=mode, release=release, name=name, secret_name=key_secret)
+    check_neighbours(s, namespace, objects, s("neighbour_objects"))
     gpu_count = gpus if gpus is not None else (0 if cfg["device"] == "cpu" else parallel)
     image = f"{repository}:{tag}" + (f"@{digest}" if digest else "")
     return {
@@ -1280,7 +1300,65 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
         "mode": mode,
         "drain_seconds": numbers["drain_seconds"],
         "termination_grace_seconds": grace,
+        "objects": objects,
     }
+
+
+def vllm_k8s_objects(
+    s: _Settings, flags: Dict[str, bool], *, mode: str, release: str, name: str, secret_name: str
+) -> List[Dict[str, str]]:
+    """What vllm_k8s writes into its namespace, {kind, name, variable} (the names of tasks/teardown.yml and
+    vars/main.yml: in helm mode the chart's Deployment and Service)."""
+    helm = mode == "helm"
+    where = s.name("name")
+    objects = [
+        {
+            "kind": "Deployment",
+            "name": f"{release}-{name}-deployment-vllm" if helm else name,
+            "variable": where + (" and vllm_k8s_helm_release" if helm else ""),
+        },
+        {
+            "kind": "Service",
+            "name": f"{release}-{name}{_HELM_SERVICE_SUFFIX}" if helm else name,
+            "variable": where + (" and vllm_k8s_helm_release" if helm else ""),
+        },
+        {"kind": "ServiceAccount", "name": name, "variable": where},
+        {"kind": "ConfigMap", "name": f"{name}-model", "variable": where + " (its model record)"},
+    ]
+    if flags["liveness_completion"]:
+        objects.append({"kind": "ConfigMap", "name": f"{name}-probe", "variable": where + " (its liveness probe)"})
+    if flags["network_policy"]:
+        objects.append({"kind": "NetworkPolicy", "name": name, "variable": where})
+    if flags["pdb"] and not helm:
+        objects.append({"kind": "PodDisruptionBudget", "name": name, "variable": where})
+    if secret_name:
+        objects.append({"kind": "Secret", "name": secret_name, "variable": s.name("api_key_secret_name")})
+    return objects
+
+
+def check_neighbours(s: _Settings, namespace: str, objects: List[Dict[str, str]], neighbours: Any) -> None:
+    """``neighbours`` (vllm_k8s_neighbour_objects): what other roles own, [{kind, name, variable, namespace}], as
+    training_cluster reports it (training_cluster_objects). An object of vLLM's with the same kind and name in the
+    same namespace would be overwritten by one role and deleted by the other's teardown."""
+    where = s.name("neighbour_objects")
+    owned = {(o["kind"], o["name"]): o["variable"] for o in objects}
+    for i, other in enumerate(_as_list(neighbours, where)):
+        if (
+            not isinstance(other, dict)
+            or not isinstance(other.get("kind"), str)
+            or not isinstance(other.get("name"), str)
+        ):
+            _fail(f"{where}[{i}]", f"must be a mapping with kind and name (training_cluster_objects), got {other!r}")
+        if other.get("namespace", namespace) != namespace:
+            continue
+        mine = owned.get((other["kind"], other["name"]))
+        if mine:
+            _fail(
+                mine.split(" ", 1)[0],
+                f"{other['kind']} {namespace}/{other['name']} of vLLM (from {mine}) is also "
+                f"{other.get('variable') or 'another role'}'s {other['kind']} ({where}): one role's apply would "
+                "overwrite the other's, and either teardown would delete both; give one of them another name",
+            )
 
 
 # ---- training_cluster: the LLaMA-Factory configs (shared with tasks_from render_llamafactory) -------
@@ -1464,15 +1542,11 @@ _TC_BOUNDS = (
     ("webui_gpus", 0, 64),
     ("webui_port", 1, 65535),
     ("mlflow_port", 1, 65535),
-    ("vllm_port", 1, 65535),
-    ("gate_local_port", 1024, 65535),
     ("port_forward_webui_port", 1, 65535),
     ("port_forward_mlflow_port", 1, 65535),
-    ("port_forward_vllm_port", 1, 65535),
     ("job_backoff_limit", 0, 100),
     ("train_timeout", 60, 2592000),
     ("merge_timeout", 60, 2592000),
-    ("gate_timeout", 10, 86400),
     ("job_poll_interval", 1, 3600),
     ("job_progress_interval", 1, 86400),
     ("job_pending_timeout", 0, 604800),
@@ -1516,7 +1590,7 @@ def _check_loopback(value: Any, where: str) -> str:
             "listen on other interfaces",
         )
     if address.version == 6:  # type: ignore[union-attr]
-        _fail(where, f"{text} is IPv6: the gate's URL http://{text}:PORT cannot carry it unbracketed; use 127.0.0.1")
+        _fail(where, f"{text} is IPv6: the forward's URL http://{text}:PORT cannot carry it unbracketed; use 127.0.0.1")
     if not address.is_loopback:  # type: ignore[union-attr]
         _fail(
             where,
@@ -1532,14 +1606,6 @@ def _check_name_clashes(s: _Settings, flags: Dict[str, bool]) -> None:
         services.append(("webui_name", "the WebUI"))
     if flags["mlflow_enabled"]:
         services.append(("mlflow_name", "MLflow"))
-    vllm = s("vllm_name")
-    for key, what in services:
-        if s(key) == vllm:
-            _fail(
-                s.name(key),
-                f"{vllm} is the in-cluster vLLM's Deployment and Service (training_cluster_vllm_name): applying "
-                f"{what} would replace vLLM",
-            )
     if len(services) == 2 and s("webui_name") == s("mlflow_name"):
         _fail(
             s.name("mlflow_name"),
@@ -1548,7 +1614,6 @@ def _check_name_clashes(s: _Settings, flags: Dict[str, bool]) -> None:
     jobs = [
         ("train_job_name", "the training Job"),
         ("merge_job_name", "the merge Job"),
-        ("gate_job_name", "the gate Job"),
     ]
     for i, (key, what) in enumerate(jobs):
         for other, other_what in jobs[:i]:
@@ -1560,7 +1625,7 @@ def _check_name_clashes(s: _Settings, flags: Dict[str, bool]) -> None:
     # Each workload runs under a ServiceAccount of its own name, and the WebUI and MLflow NetworkPolicies carry
     # their names next to the namespace's default deny.
     accounts = services + jobs
-    for i, (key, what) in enumerate(accounts):
+    for i, (key, _what) in enumerate(accounts):
         for other, other_what in accounts[:i]:
             if s(key) == s(other):
                 _fail(
@@ -1568,33 +1633,16 @@ def _check_name_clashes(s: _Settings, flags: Dict[str, bool]) -> None:
                     f"is also {other_what}'s name ({s.name(other)}): the two would share one ServiceAccount, and "
                     "removing one (teardown, a switched-off component) removes the other's",
                 )
-        if s(key) == vllm:
-            _fail(
-                s.name(key),
-                f"{vllm} is the in-cluster vLLM's ServiceAccount (training_cluster_vllm_name, owned by vllm_k8s): "
-                f"{what} would replace it",
-            )
     for key, _what in services:
         if s(key) == DEFAULT_DENY_POLICY:
             _fail(
                 s.name(key), f"{DEFAULT_DENY_POLICY} is the namespace's default-deny NetworkPolicy: choose another name"
             )
-    secrets = [
-        ("hf_token_secret_name", "the Hugging Face token Secret"),
-        ("mlflow_credentials_secret_name", "the MLflow credentials Secret"),
-    ]
     if s("hf_token_secret_name") == s("mlflow_credentials_secret_name"):
         _fail(
             s.name("mlflow_credentials_secret_name"),
             "is also the Hugging Face token Secret's name: the role writes both and each write replaces the other",
         )
-    for key, what in secrets:
-        if s(key) == s("vllm_api_key_secret_name"):
-            _fail(
-                s.name(key),
-                f"is the vLLM API key Secret (training_cluster_vllm_api_key_secret_name): the role writes {what} and "
-                "would replace the key vLLM and its clients use",
-            )
 
 
 def _check_platform_hazards(s: _Settings, flags: Dict[str, bool], numbers: Dict[str, int]) -> None:
@@ -1613,26 +1661,16 @@ def _check_platform_hazards(s: _Settings, flags: Dict[str, bool], numbers: Dict[
         ],
     )
     workloads = [("train_job_name", "the training Job"), ("merge_job_name", "the merge Job")]
-    workloads.append(("gate_job_name", "the gate Job"))
     if flags["webui_enabled"]:
         workloads.append(("webui_name", "the WebUI"))
     if flags["mlflow_enabled"]:
         workloads.append(("mlflow_name", "MLflow"))
     for key, what in workloads:
         check_not_default_account(s(key), s.name(key), what)
-    vllm = s("vllm_name")
-    for suffix, what in (("-model", "model record"), ("-probe", "liveness probe script")):
-        if s("config_map_name") == vllm + suffix:
-            _fail(
-                s.name("config_map_name"),
-                f"{vllm}{suffix} is the in-cluster vLLM's {what} ConfigMap (vllm_k8s, named after "
-                "training_cluster_vllm_name): writing the LLaMA-Factory configs there would replace it",
-            )
     owned = {
         s("hf_token_secret_name"): "the Hugging Face token Secret (training_cluster_hf_token_secret_name)",
         s("mlflow_credentials_secret_name"): "the MLflow credentials Secret "
         "(training_cluster_mlflow_credentials_secret_name)",
-        s("vllm_api_key_secret_name"): "the vLLM API key Secret (training_cluster_vllm_api_key_secret_name)",
     }
     for i, secret in enumerate(_as_list(s("image_pull_secrets"), s.name("image_pull_secrets"))):
         if secret in owned:
@@ -1708,7 +1746,6 @@ def _check_forward_ports(s: _Settings, flags: Dict[str, bool], ports: Dict[str, 
         forwards.append("port_forward_webui_port")
     if flags["mlflow_enabled"]:
         forwards.append("port_forward_mlflow_port")
-    forwards += ["port_forward_vllm_port", "gate_local_port"]
     for i, key in enumerate(forwards):
         for other in forwards[:i]:
             if ports[key] == ports[other]:
@@ -1783,9 +1820,9 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
 
     # Names.
     check_namespace(s("namespace"), s.name("namespace"))
-    for key in ("webui_name", "mlflow_name", "vllm_name"):
+    for key in ("webui_name", "mlflow_name"):
         check_dns_label(s(key), s.name(key), max_length=52, dns1035=True, what=" (it names a Service)")
-    for key in ("train_job_name", "merge_job_name", "gate_job_name"):
+    for key in ("train_job_name", "merge_job_name"):
         check_dns_label(s(key), s.name(key), max_length=52)
     for key in (
         "pvc_name",
@@ -1793,10 +1830,9 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
         "config_map_name",
         "hf_token_secret_name",
         "mlflow_credentials_secret_name",
-        "vllm_api_key_secret_name",
     ):
         check_dns_subdomain(s(key), s.name(key))
-    for key in ("hf_token_secret_key", "vllm_api_key_secret_key"):
+    for key in ("hf_token_secret_key",):
         check_data_key(s(key), s.name(key))
     check_labels(s("labels"), s.name("labels"), reserved=_TC_ROLE_LABELS)
     _check_name_clashes(s, flags)
@@ -1810,7 +1846,7 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
         check_network_peers(s(key), s.name(key), namespace=s("namespace"))
 
     # Images.
-    for key in ("image", "mlflow_image", "gate_image"):
+    for key in ("image", "mlflow_image"):
         if key == "image" and s(key) == "":
             _fail(
                 s.name(key),
@@ -1894,7 +1930,7 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
     ttl = s("job_ttl_seconds")
     if ttl is not None:
         _as_int(ttl, s.name("job_ttl_seconds"), minimum=0)
-    for key in ("train_timeout", "merge_timeout", "gate_timeout"):
+    for key in ("train_timeout", "merge_timeout"):
         if numbers["job_poll_interval"] > numbers[key]:
             _fail(
                 s.name("job_poll_interval"),
@@ -1959,19 +1995,51 @@ def plan_training_cluster(settings: Dict[str, Any], llamafactory: Dict[str, Any]
             "is false and no training_cluster_mlflow_tracking_uri is set, but training_cluster_report_to is mlflow",
         )
 
-    # vLLM and the health gate. The served model name goes into the gate's shell script and JSON body.
-    served = _text(s("vllm_served_model_name"), s.name("vllm_served_model_name"), allow_empty=False)
-    if re.search(r"[\"'\\`$\s]", served):
-        _fail(
-            s.name("vllm_served_model_name"),
-            f"must not contain quotes, backslashes, '$', '`' or spaces (the gate Job puts it into a JSON body in a "
-            f"shell script), got {served!r}",
-        )
-    _choice(s("gate_method"), s.name("gate_method"), ("auto", "port_forward", "job"))
+    # The port-forwards (tasks_from port_forward).
     _text(s("kubectl_binary"), s.name("kubectl_binary"), allow_empty=False)
     _check_loopback(s("port_forward_address"), s.name("port_forward_address"))
     _check_forward_ports(s, flags, numbers)
     _choice(s("port_forward_state"), s.name("port_forward_state"), ("started", "stopped"))
     check_path(s("port_forward_state_dir"), s.name("port_forward_state_dir"))
     _check_model_versions(s, llamafactory, mount)
-    return {"storage_mount_path": mount, "config_mount_path": config_mount, "mlflow_storage_path": storage_path}
+    return {
+        "storage_mount_path": mount,
+        "config_mount_path": config_mount,
+        "mlflow_storage_path": storage_path,
+        "objects": training_cluster_objects(s, flags),
+    }
+
+
+def training_cluster_objects(s: _Settings, flags: Dict[str, bool]) -> List[Dict[str, str]]:
+    """What training_cluster owns in its namespace, {kind, name, variable}: another role deploying there (vllm_k8s,
+    ``vllm_k8s_neighbour_objects``) checks its own objects against this list instead of mirroring these settings."""
+    objects = []
+
+    namespace = s("namespace")
+
+    def add(kind: str, key: str) -> None:
+        objects.append({"kind": kind, "name": s(key), "variable": s.name(key), "namespace": namespace})
+
+    for key in ("train_job_name", "merge_job_name"):
+        add("Job", key)
+        add("ServiceAccount", key)
+    for part in ("webui", "mlflow"):
+        if flags[f"{part}_enabled"]:
+            for kind in ("Deployment", "Service", "ServiceAccount"):
+                add(kind, f"{part}_name")
+            if flags["network_policy"]:
+                add("NetworkPolicy", f"{part}_name")
+    if flags["network_policy"]:
+        objects.append(
+            {
+                "kind": "NetworkPolicy",
+                "name": DEFAULT_DENY_POLICY,
+                "variable": "training_cluster_network_policy",
+                "namespace": namespace,
+            }
+        )
+    add("ConfigMap", "config_map_name")
+    add("Secret", "hf_token_secret_name")
+    add("Secret", "mlflow_credentials_secret_name")
+    add("PersistentVolumeClaim", "pvc_name")
+    return objects

@@ -28,6 +28,7 @@ options:
     description:
       - Kubeconfig file. Unset uses the client's defaults (C($KUBECONFIG), C(~/.kube/config)), then the in-cluster
         service account.
+      - With O(context), it may come from C(module_defaults) of the action group C(llmops.platform.k8s).
     type: path
   context:
     description:
@@ -74,6 +75,19 @@ options:
       - What the progress lines call the Job, for example V(train). Default C(job <namespace>/<name>).
     type: str
     default: ""
+attributes:
+  action_group:
+    description: Use C(group/llmops.platform.k8s) in C(module_defaults) to set O(kubeconfig) and O(context) once for it
+      and every kubernetes.core module (the group extends C(kubernetes.core.k8s) and C(kubernetes.core.helm)).
+    support: full
+    membership:
+      - llmops.platform.k8s
+  check_mode:
+    support: full
+    description: Does nothing in check mode and reports skipped (it never changes anything).
+  diff_mode:
+    support: none
+    description: Changes nothing, so there is nothing to diff.
 notes:
   - Runs on the controller whatever the host is; C(delegate_to) is not needed.
 """

@@ -31,6 +31,7 @@ options:
     description:
       - Kubeconfig file. Unset uses the client's defaults (C($KUBECONFIG), C(~/.kube/config)), then the in-cluster
         service account.
+      - With O(context), it may come from C(module_defaults) of the action group C(llmops.platform.k8s).
     type: path
   context:
     description:
@@ -77,6 +78,19 @@ options:
       - Lines of the pod's log put in the failure message.
     type: int
     default: 40
+attributes:
+  action_group:
+    description: Use C(group/llmops.platform.k8s) in C(module_defaults) to set O(kubeconfig) and O(context) once for it
+      and every kubernetes.core module (the group extends C(kubernetes.core.k8s) and C(kubernetes.core.helm)).
+    support: full
+    membership:
+      - llmops.platform.k8s
+  check_mode:
+    support: full
+    description: Does nothing in check mode and reports skipped (it never changes anything).
+  diff_mode:
+    support: none
+    description: Changes nothing, so there is nothing to diff.
 notes:
   - Runs on the controller whatever the host is; C(delegate_to) is not needed.
 """

@@ -155,7 +155,7 @@ def test_every_manifest_is_valid_for_several_kubernetes_versions(rendered) -> No
     expected = {"Namespace", "PersistentVolumeClaim", "ConfigMap", "Deployment", "Service", "Job", "ServiceAccount"}
     expected |= {"NetworkPolicy"}  # vllm_k8s's at least
     assert expected <= set(objects), sorted(objects)
-    assert set(objects["Job"]) == {"llama-factory-train", "llama-factory-merge", "vllm-health-gate"}
+    assert set(objects["Job"]) == {"llama-factory-train", "llama-factory-merge"}
     assert "vllm-inference" in objects["Deployment"]
     assert ("PersistentVolume" in objects) == (name == "internal-static-nfs-database")
     manifests = [(source, doc) for source, doc in docs.items() if isinstance(doc, dict) and "kind" in doc]
@@ -250,12 +250,12 @@ def pods(objects: list) -> dict:
 
 
 def test_every_pod_meets_the_restricted_pod_security_standard(rendered) -> None:
-    """Every pod of the layout (WebUI, MLflow, train, merge, gate, vLLM) passes each control of the restricted
+    """Every pod of the layout (WebUI, MLflow, train, merge, vLLM) passes each control of the restricted
     profile, so the namespace enforces restricted; both roles label the namespace alike (one filter)."""
     name, out = rendered
     objects = workloads(out)
     templates = pods(objects)
-    expected = {"llama-factory-train", "llama-factory-merge", "vllm-health-gate", "mlflow", "vllm-inference"}
+    expected = {"llama-factory-train", "llama-factory-merge", "mlflow", "vllm-inference"}
     assert expected <= set(templates), sorted(templates)
     problems = {pod: pod_security.restricted_violations(t) for pod, t in templates.items()}
     assert problems == {pod: [] for pod in templates}
@@ -385,7 +385,8 @@ def reachable(policies: list, target: dict, source: dict, namespace_labels: dict
 
 def test_network_policy_matrix(rendered) -> None:
     """Default deny for the namespace; MLflow from the training Job and the WebUI (and configured sources);
-    the WebUI from configured sources only; the Jobs from nobody; vLLM from the namespace (the gate Job)."""
+    the WebUI from configured sources only; the Jobs from nobody; vLLM from the namespace (its health gate and
+    ui.yml reach it by kubectl port-forward, through the kubelet, not through the pod network)."""
     name, out = rendered
     objects = workloads(out)
     policies = [doc for doc in objects if doc["kind"] == "NetworkPolicy"]
@@ -399,16 +400,15 @@ def test_network_policy_matrix(rendered) -> None:
     assert names == {"default-deny-ingress", "mlflow", "llama-factory-webui", "vllm-inference"}
     deny = next(p for p in policies if p["metadata"]["name"] == "default-deny-ingress")
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
-    train, gate, webui, mlflow, vllm = (
-        labels[n]
-        for n in ("llama-factory-train", "vllm-health-gate", "llama-factory-webui", "mlflow", "vllm-inference")
+    train, webui, mlflow, vllm = (
+        labels[n] for n in ("llama-factory-train", "llama-factory-webui", "mlflow", "vllm-inference")
     )
     assert reachable(policies, mlflow, train, namespace)
     assert reachable(policies, mlflow, webui, namespace)
-    assert not reachable(policies, mlflow, gate, namespace)
+    assert not reachable(policies, mlflow, labels["vllm-inference"], namespace)
     assert not reachable(policies, mlflow, labels["llama-factory-merge"], namespace)
-    assert reachable(policies, vllm, gate, namespace)
-    for job in ("llama-factory-train", "llama-factory-merge", "vllm-health-gate"):
+    assert reachable(policies, vllm, train, namespace)
+    for job in ("llama-factory-train", "llama-factory-merge"):
         assert not reachable(policies, labels[job], webui, namespace), job
     assert not reachable(policies, webui, outsider, namespace)
     assert not reachable(policies, mlflow, outsider, {"kubernetes.io/metadata.name": "other"}, same_namespace=False)

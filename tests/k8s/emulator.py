@@ -36,6 +36,9 @@ or Pods; no status unless a test writes one or tests/k8s/node.py runs next to it
 probes, GPUs, PVC binding, admission, defaulting, schema validation (pair it with
 tests/k8s/validate.py), RBAC or authentication, no watches, and field selectors are ignored.
 
+Every write that succeeds (not a dry run) and every port-forward is logged as an ``audit`` line, so a test can tell
+which objects were ever written (tests/k8s/test_internal_layout.py: nothing under vLLM's default name).
+
 CLI (run with the tools virtualenv's Python)::
 
     python tests/k8s/emulator.py serve --port 0 --kubeconfig OUT [--pod-log-dir D] [--pidfile F] [--background]
@@ -691,12 +694,15 @@ class LlmopsEmulator(kmock.KubernetesEmulator):
             if route is not None and (route.group, route.plural, route.subresource) == ("", "pods", "portforward"):
                 async with self._lock:
                     target = self.port_forward_target(route, method, raw_request.headers)
+                _log(f"audit PORTFORWARD pods {route.namespace}/{route.name}")
                 return await self.port_forwards.serve(raw_request, target)
             if route is not None and route.plural is not None:
                 async with self._lock:
                     code, payload = self.handle_object_request(
                         method, route, dict(raw_request.query), dict(raw_request.headers), body
                     )
+                if method != "GET" and code < 300 and raw_request.query.get("dryRun") != "All":
+                    _log(f"audit {method} {_written_name(route, payload)}")
             elif method == "GET":
                 code, payload = 200, self._discovery(route, path)
             else:
@@ -707,6 +713,13 @@ class LlmopsEmulator(kmock.KubernetesEmulator):
 
 
 # ---- running it ---------------------------------------------------------------------------------
+def _written_name(route: Route, payload: Any) -> str:
+    """``<plural> <namespace>/<name>`` of a write, for the audit lines of the log (a test can read which objects were
+    ever written, not only which exist now): the name from the path, or from the object a POST created."""
+    name = route.name or ((payload or {}).get("metadata") or {}).get("name", "?")
+    return f"{route.plural} {route.namespace or '-'}/{name}" + (f"/{route.subresource}" if route.subresource else "")
+
+
 def _log(message: str) -> None:
     """A line in the emulator's log (its stdout: ``<pidfile>.log`` when started in the background)."""
     print(f"{_now()} {message}", flush=True)

@@ -6,13 +6,15 @@ benchmarks/internal_e2e.py (which prints each stage's wall time).
 What the operator provides and the test provides the same way:
 - an inventory: inventories/internal copied, its vault.yml written and encrypted with ansible-vault, and
   one more group_vars file (``test-node.yml``) with the CPU-sized settings a small cluster would need
-  (tiny model, 4 training steps, vLLM's CPU flags, the in-cluster health gate);
+  (tiny model, 4 training steps, vLLM's CPU flags) and vLLM under a name and port of its own
+  (``VLLM_NAME``, ``VLLM_PORT``: not the defaults, so a lifecycle task that looked for ``vllm-inference`` or
+  port 8000 would miss it);
 - the base model and the dataset on the PVC (``models/base``, ``data/``): the ADR's base model is a Hugging
   Face id downloaded at training time; here nothing can be downloaded, so they are staged on the volume
   first, as an operator uploads a dataset. The merged model is NOT there: the run starts without one.
 
 The images map to local software (node images file): LLaMA-Factory and MLflow to the LLaMA-Factory
-virtualenv, vLLM to the vLLM CPU virtualenv, curl to the system's curl. Commands and args are the pods'.
+virtualenv, vLLM to the vLLM CPU virtualenv. Commands and args are the pods'.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ API_KEY = "e2e-internal-vllm-key-7f3a9c"
 HF_TOKEN = "hf_e2eInternalTokenNeverPrinted42"
 VAULT_PASSWORD = "e2e-vault-password"
 SERVED_NAME = "merged-model"
+# vLLM's Deployment and Service under a name and Service port that are not the role's defaults (vllm-inference, 8000):
+# the gate, the reload, the port-forward and the teardown must all find them through vllm_k8s's own variables.
+VLLM_NAME = "chat-engine"
+VLLM_PORT = 8080
+DEFAULT_VLLM_NAME = "vllm-inference"
 TRAIN_IMAGE = "registry.example.internal/llm/llama-factory-train:0.9.5"
 
 # What a small CPU cluster needs beyond inventories/internal (everything else: that inventory).
@@ -74,10 +81,10 @@ TEST_NODE_VARS: Dict[str, Any] = {
     "training_cluster_train_timeout": 900,
     "training_cluster_merge_timeout": 600,
     "training_cluster_job_poll_interval": 2,
-    # The in-cluster probe Job is the gate exercised here; kubectl's port-forward (which the emulator
-    # serves now) is exercised by ui.yml's stage (docs/kubernetes-testing.md).
-    "training_cluster_gate_method": "job",
-    "training_cluster_gate_timeout": 300,
+    # vllm_k8s's health gate: openai_health through a real kubectl port-forward, which the emulator serves.
+    "vllm_k8s_gate_timeout": 300,
+    "vllm_k8s_name": VLLM_NAME,
+    "vllm_k8s_service_port": VLLM_PORT,
     "vllm_k8s_server": {
         "device": "cpu",
         "dtype": "float32",
@@ -182,7 +189,6 @@ def images(lf_venv: Path, vllm_venv: Path, vllm_alias: Path, faults: Path) -> Li
             "path": [str(vllm_venv / "bin")],
             "env": {"VLLM_TARGET_DEVICE": "cpu", "PYTHONPATH": str(vllm_alias)},
         },
-        {"match": r"^curlimages/curl:", "path": [], "env": {}},
     ]
 
 
@@ -232,6 +238,9 @@ class InternalCluster:
         # ui.yml's local ports: free ones on this machine instead of 7860/5000/8000, which something else
         # may hold; its pidfiles and logs in the work directory instead of ~/.cache.
         self.ui_ports = {name: emu.free_port() for name in ("webui", "mlflow", "vllm")}
+        self.gate_port = emu.free_port()
+        while self.gate_port < 1024 or self.gate_port in self.ui_ports.values():
+            self.gate_port = emu.free_port()
         self.ui_state_dir = self.workdir / "port-forward"
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -264,8 +273,11 @@ class InternalCluster:
     def write_inventory(self) -> None:
         shutil.copytree(ROOT / "inventories" / "internal", self.inventory)
         group_vars = self.inventory / "group_vars" / "k8s_cluster"
-        ui = {f"training_cluster_port_forward_{name}_port": port for name, port in self.ui_ports.items()}
-        ui["training_cluster_port_forward_state_dir"] = str(self.ui_state_dir)
+        ui = {f"training_cluster_port_forward_{name}_port": self.ui_ports[name] for name in ("webui", "mlflow")}
+        ui["vllm_k8s_port_forward_local_port"] = self.ui_ports["vllm"]
+        # The gate's forward on a free port too (18000 may be taken on this machine).
+        ui["vllm_k8s_gate_local_port"] = self.gate_port
+        ui["training_cluster_port_forward_state_dir"] = ui["vllm_k8s_port_forward_state_dir"] = str(self.ui_state_dir)
         (group_vars / "test-node.yml").write_text("---\n" + yaml.safe_dump({**TEST_NODE_VARS, **ui}, sort_keys=False))
         self.vault_password_file.write_text(VAULT_PASSWORD + "\n")
         self.vault_password_file.chmod(0o600)
@@ -309,7 +321,7 @@ class InternalCluster:
     def model_record(self) -> Dict[str, str]:
         """The data of vllm_k8s's model record ConfigMap ({} when there is none)."""
         for item in self.items(f"/api/v1/namespaces/{NAMESPACE}/configmaps"):
-            if item["metadata"]["name"] == "vllm-inference-model":
+            if item["metadata"]["name"] == f"{VLLM_NAME}-model":
                 return item.get("data") or {}
         return {}
 
@@ -336,6 +348,12 @@ class InternalCluster:
     def pod_log(self, pod: str) -> str:
         path = self.k8s / "pod-logs" / NAMESPACE / f"{pod}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def audit(self) -> List[str]:
+        """What the emulator's log says was ever written or port-forwarded: ``<METHOD> <plural> <ns>/<name>``."""
+        log = self.k8s / "emulator.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return [line.split(" audit ", 1)[1] for line in text.splitlines() if " audit " in line]
 
     def node_processes(self) -> List[str]:
         """Command lines of processes still running from this node's pods (by the state dir in their env)."""

@@ -1,15 +1,19 @@
 """The internal layout end to end, as an operator runs it (README quick start), on the API emulator with the
-test node running the pods' real processes: LLaMA-Factory train and merge Jobs, MLflow, the WebUI, vLLM
-(CPU build) and the in-cluster health gate Job. See tests/k8s/internal_layout.py for what the test provides
+test node running the pods' real processes: LLaMA-Factory train and merge Jobs, MLflow, the WebUI and vLLM
+(CPU build), vLLM's health gate sending real completions through a real kubectl port-forward. vLLM runs under a
+name and Service port that are not the role's defaults (internal_layout.VLLM_NAME, VLLM_PORT, set in the
+inventory only): the gate, the reload, the port-forwards and the teardown must find it by vllm_k8s's variables,
+and nothing named like the default is ever written. See tests/k8s/internal_layout.py for what the test provides
 and docs/kubernetes-testing.md for what this proves and what it does not.
 
 One cluster for the module; the tests run in order and each checks one stage:
   internal.yml --check --diff -> internal.yml (first run: no merged model, vLLM at 0 replicas)
-  -> train.yml -> merge.yml (a new model version; vLLM scaled onto it, gate sends a real completion)
+  -> train.yml -> merge.yml (a new model version; vLLM scaled onto it, the gate sends a real completion)
   -> merge.yml with a model vLLM cannot load (rollout fails fast, the previous version is restored)
   -> internal.yml again (changes nothing, vLLM keeps its pod)
   -> ui.yml (kubectl port-forwards through the emulator; the WebUI and MLflow opened in headless Chromium,
-     a completion through vLLM's forward) -> ui.yml -e llmops_ui_state=stopped -> teardown.yml.
+     a completion through vLLM's forward) -> ui.yml -e llmops_ui_state=stopped -> teardown.yml
+  -> (every stage) nothing was ever written under vLLM's default name.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ from browser import page_dom  # noqa: E402
 from internal_layout import (  # noqa: E402
     API_KEY,
     BREAK_MERGE_MARKER,
+    DEFAULT_VLLM_NAME,
     HF_TOKEN,
     NAMESPACE,
     SERVED_NAME,
+    VLLM_NAME,
+    VLLM_PORT,
     from_environment,
     stage_table,
 )
@@ -76,7 +83,7 @@ def test_first_run_deploys_the_platform_and_keeps_vllm_at_zero(cluster):
     require_ok(stage)
     assert any("NO MERGED MODEL YET" in m for m in stage.messages()), stage.messages()
     assert any("HEALTH GATE SKIPPED" in m for m in stage.messages()), stage.messages()
-    vllm = cluster.deployment("vllm-inference")
+    vllm = cluster.deployment(VLLM_NAME)
     assert vllm["spec"]["replicas"] == 0
     assert cluster.pods("app.kubernetes.io/name=vllm") == []
     # MLflow and the WebUI run for real: their Deployments became available through their real /health.
@@ -139,18 +146,15 @@ def test_merge_switches_vllm_onto_the_merged_model_behind_a_real_gate(cluster):
     link = cluster.pvc / "models" / "merged-model"
     assert link.is_symlink() and link.resolve() == merged.resolve(), link
     assert "previous" not in record, "the first merge has no previous version"
-    vllm = cluster.deployment("vllm-inference")
+    vllm = cluster.deployment(VLLM_NAME)
     assert vllm["spec"]["replicas"] == 1
     assert vllm["spec"]["template"]["metadata"]["annotations"]["llmops.io/model-revision"] == record["revision"]
     assert vllm["status"]["readyReplicas"] == 1
-    # The gate Job ran in the cluster and sent a real completion through the Service.
-    gate = cluster.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/vllm-health-gate")
-    assert any(c["type"] == "Complete" and c["status"] == "True" for c in gate["status"]["conditions"])
-    gate_pod = cluster.pods("job-name=vllm-health-gate")[-1]["metadata"]["name"]
-    log = cluster.pod_log(gate_pod)
-    assert '"text"' in log and log.rstrip().endswith("ready"), log[-2000:]
+    # vllm_k8s's gate sent a real completion through a kubectl port-forward to the renamed Service and its port,
+    # into the vLLM pod, and stopped the forward again.
+    assert_gated_through_a_forward(cluster, stage)
     # The same Service from outside the pod: the key is required, a completion comes back with it.
-    url = cluster.service_url("vllm-inference", 8000)
+    url = cluster.service_url(VLLM_NAME, VLLM_PORT)
     body = {"model": SERVED_NAME, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
     assert cluster.http(url + "/v1/completions", body)[0] == 401
     code, answer = cluster.http(url + "/v1/completions", body, key=API_KEY)
@@ -161,9 +165,26 @@ def test_merge_switches_vllm_onto_the_merged_model_behind_a_real_gate(cluster):
     assert args[args.index("--model") + 1] == record["model_path"]
 
 
+def assert_gated_through_a_forward(cluster, stage) -> None:
+    """The stage's health gate: openai_health got a completion for the served model, through the forward the gate
+    printed (svc/VLLM_NAME on VLLM_PORT), which reached the vLLM pod, and the forward is gone afterwards."""
+    gates = stage_results(stage, "Send a real completion (llmops.platform.openai_health)")
+    assert gates and all(g.get("ready") and g.get("model") == SERVED_NAME for g in gates), gates
+    printed = [item["msg"] for item in item_results(stage, "Print the port-forward commands")]
+    assert printed and all(
+        m.startswith("vllm-gate: ") and f"svc/{VLLM_NAME} {cluster.gate_port}:{VLLM_PORT}" in m for m in printed
+    ), printed
+    vllm_pods = {p["metadata"]["name"] for p in cluster.pods("app.kubernetes.io/name=vllm")}
+    forwarded = {line.rsplit("/", 1)[1] for line in cluster.audit() if line.startswith("PORTFORWARD ")}
+    assert vllm_pods & forwarded, (vllm_pods, forwarded)
+    stopped = [item["stdout"] for item in item_results(stage, "Stop the port forwards started here")]
+    assert stopped and set(stopped) == {"stopped"}, stopped
+    assert not (cluster.ui_state_dir / "vllm-gate.pid").exists()
+
+
 def served_model_root(cluster) -> str:
     """The directory the running vLLM loaded, as its /v1/models says (`root`)."""
-    code, body = cluster.http(cluster.service_url("vllm-inference", 8000) + "/v1/models", key=API_KEY)
+    code, body = cluster.http(cluster.service_url(VLLM_NAME, VLLM_PORT) + "/v1/models", key=API_KEY)
     assert code == 200, body
     return json.loads(body)["data"][0]["root"]
 
@@ -193,10 +214,12 @@ def test_a_merge_that_fails_its_rollout_restores_the_previous_version(cluster):
     assert {k: after[k] for k in ("model_path", "revision", "digest")} == {
         k: before[k] for k in ("model_path", "revision", "digest")
     }
-    vllm = cluster.deployment("vllm-inference")
+    vllm = cluster.deployment(VLLM_NAME)
     assert vllm["status"]["readyReplicas"] == 1
     assert served_model_root(cluster) == before["model_path"]
-    url = cluster.service_url("vllm-inference", 8000)
+    # The restored version passed the gate again, through the renamed Service.
+    assert_gated_through_a_forward(cluster, stage)
+    url = cluster.service_url(VLLM_NAME, VLLM_PORT)
     body = {"model": SERVED_NAME, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
     code, answer = cluster.http(url + "/v1/completions", body, key=API_KEY)
     assert code == 200 and json.loads(answer)["choices"][0]["text"], answer
@@ -229,7 +252,7 @@ def engine_core_pids() -> list:
 def test_a_hung_engine_is_restarted_by_the_liveness_probe(cluster):
     """SIGSTOP the engine inside the pod: /health stays 200 (the API server process still answers), every
     completion hangs, and the completion liveness probe makes the node restart the container."""
-    url = cluster.service_url("vllm-inference", 8000)
+    url = cluster.service_url(VLLM_NAME, VLLM_PORT)
     pod = cluster.pods("app.kubernetes.io/name=vllm")[0]
     restarts = pod["status"]["containerStatuses"][0]["restartCount"]
     pids = engine_core_pids()
@@ -282,13 +305,23 @@ def visible_text(dom: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text))).strip()
 
 
+def stage_results(stage, task: str) -> list:
+    """The host results of every task (by the end of its name) the stage ran, in order."""
+    return [
+        result
+        for play in stage.report.get("plays", [])
+        for entry in play["tasks"]
+        if entry["task"]["name"].endswith(task)
+        for result in entry["hosts"].values()
+    ]
+
+
 def item_results(stage, task: str) -> list:
-    """The per-item results of a loop task (by the end of its name), in loop order."""
-    for play in stage.report.get("plays", []):
-        for entry in play["tasks"]:
-            if entry["task"]["name"].endswith(task):
-                return [item for result in entry["hosts"].values() for item in result.get("results", [])]
-    return []
+    """The per-item results of every run of a loop task (by the end of its name) that was not skipped, in order
+    (k8s_common's port_forward runs twice per gate: started, where its stop task is skipped, then stopped)."""
+    return [
+        item for result in stage_results(stage, task) for item in result.get("results", []) if not item.get("skipped")
+    ]
 
 
 def kubectl_forwards(cluster) -> list:
@@ -322,7 +355,7 @@ def check_ui(cluster, tmp_path_factory) -> None:
     require_ok(stage)
     ports = cluster.ui_ports
     services = {"webui": ("llama-factory-webui", 7860), "mlflow": ("mlflow", 5000)}
-    services["vllm"] = ("vllm-inference", 8000)
+    services["vllm"] = (VLLM_NAME, VLLM_PORT)
     printed = [item["msg"] for item in item_results(stage, "Print the port-forward commands")]
     assert len(printed) == 3, printed
     for message, (name, (service, port)) in zip(printed, services.items()):
@@ -384,7 +417,7 @@ def check_ui(cluster, tmp_path_factory) -> None:
 
     stop = cluster.playbook("ui.yml -e llmops_ui_state=stopped", "ui.yml", "-e", "llmops_ui_state=stopped")
     require_ok(stop)
-    stopped = [item["stdout"] for item in item_results(stop, "Stop the port forwards this role started")]
+    stopped = [item["stdout"] for item in item_results(stop, "Stop the port forwards started here")]
     assert stopped == ["stopped"] * 3, stopped
     wait_for("no kubectl port-forward left", lambda: kubectl_forwards(cluster) == [], 20)
     for name, port in ports.items():
@@ -396,10 +429,28 @@ def check_ui(cluster, tmp_path_factory) -> None:
 def test_teardown_removes_the_workloads_and_their_processes(cluster):
     stage = cluster.playbook("teardown.yml", "teardown.yml")
     require_ok(stage)
-    for name in ("vllm-inference", "mlflow", "llama-factory-webui"):
+    # Nothing is left of the workloads, the renamed vLLM's Deployment and Service included, and teardown deleted
+    # them by their names (it did not just find nothing under the default name).
+    for name in (VLLM_NAME, "mlflow", "llama-factory-webui"):
         path = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
         assert name not in [d["metadata"]["name"] for d in cluster.items(path)]
+    assert VLLM_NAME not in [s["metadata"]["name"] for s in cluster.items(f"/api/v1/namespaces/{NAMESPACE}/services")]
+    deleted = cluster.audit()
+    for kind in ("deployments", "services", "serviceaccounts", "networkpolicies", "poddisruptionbudgets"):
+        assert f"DELETE {kind} {NAMESPACE}/{VLLM_NAME}" in deleted, (kind, [d for d in deleted if "DELETE" in d])
     wait_for("every pod gone", lambda: cluster.pods() == [], 120)
     wait_for("no pod process left", lambda: cluster.node_processes() == [], 60)
     # The PVC (models, adapters, MLflow data) is kept unless llmops_teardown_storage is true.
     assert (cluster.pvc / "models" / "merged-model" / "config.json").is_file()
+
+
+def test_nothing_was_ever_written_under_vllms_default_name(cluster):
+    """vLLM runs as VLLM_NAME on VLLM_PORT (the inventory's settings, playbooks unmodified): no stage - gate, reload,
+    restore, port-forward, teardown - wrote or forwarded to an object under the default name vllm-inference, and the
+    renamed objects were written."""
+    assert cluster.stages, "runs after the other stages"
+    written = cluster.audit()
+    assert [line for line in written if DEFAULT_VLLM_NAME in line] == []
+    for line in (f"POST deployments {NAMESPACE}/{VLLM_NAME}", f"POST services {NAMESPACE}/{VLLM_NAME}"):
+        assert line in written, [w for w in written if VLLM_NAME in w]
+    assert any(line.startswith(f"PATCH deployments {NAMESPACE}/{VLLM_NAME}") for line in written), "never reloaded"

@@ -61,6 +61,11 @@ def resources(**sections: Dict[str, Any]) -> Dict[str, Any]:
     return {"vllm_k8s_resources": {**RESOURCES, **sections}}
 
 
+def neighbour(kind: str, name: str, variable: str) -> Dict[str, str]:
+    """An object training_cluster owns, as it reports it (training_cluster_objects)."""
+    return {"kind": kind, "name": name, "variable": variable, "namespace": "llm-training"}
+
+
 CASES: Dict[str, Case] = {
     # --- kept from the one-run-per-case version of this file ------------------------------------------
     "mode not a choice": Case({"vllm_k8s_mode": "kustomize"}, "vllm_k8s_mode"),
@@ -394,6 +399,40 @@ CASES: Dict[str, Case] = {
         {"vllm_k8s_command": ["vllm serve"]}, "vllm_k8s_command[0]", "whitespace"
     ),
     "moving image tag nightly": Case({"vllm_k8s_image_tag": "nightly"}, "vllm_k8s_image_tag", "moving tag"),
+    # --- issue 10 item 4: vLLM's names against the objects training_cluster owns (no mirrored settings) -----
+    "a training WebUI named like the vLLM Deployment": Case(
+        {"vllm_k8s_neighbour_objects": [neighbour("Deployment", "vllm-inference", "training_cluster_webui_name")]},
+        "vllm_k8s_name",
+        "training_cluster_webui_name's Deployment",
+    ),
+    "a training Secret named like the vLLM key Secret": Case(
+        {"vllm_k8s_neighbour_objects": [neighbour("Secret", "vllm-api-key", "training_cluster_hf_token_secret_name")]},
+        "vllm_k8s_api_key_secret_name",
+        "training_cluster_hf_token_secret_name's Secret",
+    ),
+    "a renamed vLLM named like the training ConfigMap": Case(
+        {
+            "vllm_k8s_name": "llama-factory",
+            "vllm_k8s_neighbour_objects": [
+                neighbour("ConfigMap", "llama-factory-model", "training_cluster_config_map_name")
+            ],
+        },
+        "vllm_k8s_name",
+        "model record",
+    ),
+    "a neighbour object without a name": Case(
+        {"vllm_k8s_neighbour_objects": [{"kind": "Service"}]}, "vllm_k8s_neighbour_objects[0]", "kind and name"
+    ),
+    "the gate's forward on ui.yml's vLLM port": Case(
+        {"vllm_k8s_gate_local_port": 8000}, "vllm_k8s_gate_local_port", "cannot bind"
+    ),
+    "the vLLM forward on every interface": Case(
+        {"vllm_k8s_port_forward_address": "0.0.0.0"}, "vllm_k8s_port_forward_address", "loopback"
+    ),
+    "kubectl with flags in the program name": Case(
+        {"vllm_k8s_kubectl_binary": "kubectl --context prod"}, "vllm_k8s_kubectl_binary", "whitespace"
+    ),
+    "a gate with no time to load a completion": Case({"vllm_k8s_gate_timeout": 3}, "vllm_k8s_gate_timeout", "10"),
 }
 OLD_CASES = 19
 # The cases before the second review: it added at least 20 here (and 30 in test_training_cluster_preflight.py).

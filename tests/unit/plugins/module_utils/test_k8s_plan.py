@@ -56,7 +56,7 @@ TC = task_settings("training_cluster", "preflight.yml", "Check every platform va
 
 def vllm(**overrides: Any) -> Dict[str, Any]:
     base = copy.deepcopy(VLLM)
-    base.update(api_key="k3y-0123456789abcdef")
+    base.update(api_key="k3y-0123456789abcdef", port_forward_state_dir="/srv/pf")
     base.update(overrides)
     return base
 
@@ -466,15 +466,12 @@ def tc_fails(variable: str, reason: str = "", lf_overrides: Any = None, **overri
     [
         ({"image": ""}, "training_cluster_image", "Dockerfile.train"),
         ({"image": "x/train"}, "training_cluster_image", "not pinned"),
-        ({"gate_image": "curlimages/curl:latest"}, "training_cluster_gate_image", "not pinned"),
         ({"image_pull_secrets": "regcred"}, "training_cluster_image_pull_secrets", "list"),
         ({"namespace": "kube-system"}, "training_cluster_namespace", "reserved"),
         ({"webui_name": "1ui"}, "training_cluster_webui_name", "DNS-1035"),
         ({"mlflow_name": "llama-factory-webui"}, "training_cluster_mlflow_name", "overwrite each other"),
-        ({"mlflow_name": "vllm-inference"}, "training_cluster_mlflow_name", "replace vLLM"),
-        ({"gate_job_name": "llama-factory-merge"}, "training_cluster_gate_job_name", "deletes"),
+        ({"merge_job_name": "llama-factory-train"}, "training_cluster_merge_job_name", "deletes"),
         ({"mlflow_credentials_secret_name": "hf-token"}, "training_cluster_mlflow_credentials_secret_name", "replaces"),
-        ({"mlflow_credentials_secret_name": "vllm-api-key"}, "training_cluster_mlflow_credentials_secret_name", "vLLM"),
         ({"storage_size": "500m"}, "training_cluster_storage_size", "milli"),
         ({"storage_size": 500}, "training_cluster_storage_size", "quantity string"),
         (
@@ -508,17 +505,14 @@ def tc_fails(variable: str, reason: str = "", lf_overrides: Any = None, **overri
         ({"port_forward_address": "0.0.0.0"}, "training_cluster_port_forward_address", "loopback"),
         ({"port_forward_address": "127.0.0.1,10.0.0.5"}, "training_cluster_port_forward_address", "one loopback"),
         ({"port_forward_address": "::1"}, "training_cluster_port_forward_address", "IPv6"),
-        ({"port_forward_vllm_port": 5000}, "training_cluster_port_forward_vllm_port", "cannot bind"),
+        ({"port_forward_mlflow_port": 7860}, "training_cluster_port_forward_mlflow_port", "cannot bind"),
         ({"port_forward_state": "running"}, "training_cluster_port_forward_state", "one of"),
-        ({"vllm_served_model_name": "a b"}, "training_cluster_vllm_served_model_name", "JSON"),
-        ({"vllm_name": "1vllm"}, "training_cluster_vllm_name", "DNS-1035"),
-        ({"job_poll_interval": 120, "gate_timeout": 60}, "training_cluster_job_poll_interval", "gate_timeout"),
+        ({"job_poll_interval": 120, "merge_timeout": 60}, "training_cluster_job_poll_interval", "merge_timeout"),
         ({"job_ttl_seconds": -1}, "training_cluster_job_ttl_seconds", "at least 0"),
         ({"hf_token": "hf_x y"}, "training_cluster_hf_token", "HTTP header"),
         ({"labels": {"app.kubernetes.io/part-of": "x"}}, "training_cluster_labels", "set by the role"),
         # One ServiceAccount per workload, named like it: names must not collide across kinds.
         ({"webui_name": "llama-factory-train"}, "training_cluster_train_job_name", "one ServiceAccount"),
-        ({"gate_job_name": "vllm-inference"}, "training_cluster_gate_job_name", "vLLM's ServiceAccount"),
         ({"mlflow_name": "default-deny-ingress"}, "training_cluster_mlflow_name", "default-deny"),
         # Pod security.
         ({"pod_security_level": "none"}, "training_cluster_pod_security_level", "one of"),
@@ -692,7 +686,6 @@ def test_llamafactory_same_model_for_training_and_merge_passes() -> None:
     [
         ({"namespace": "default"}, "training_cluster_namespace", "default namespace"),
         ({"mlflow_name": "default"}, "training_cluster_mlflow_name", "ServiceAccount"),
-        ({"config_map_name": "vllm-inference-model"}, "training_cluster_config_map_name", "model record"),
         ({"image_pull_secrets": ["hf-token"]}, "training_cluster_image_pull_secrets[0]", "dockerconfigjson"),
         ({"webui_allowed_sources": [{"podSelector": {}}]}, "training_cluster_webui_allowed_sources[0]", "EVERY pod"),
         (
@@ -800,3 +793,87 @@ def test_filters_are_registered_and_raise_filter_errors() -> None:
     plan = filters["llamafactory_plan"](lf())
     with pytest.raises(AnsibleFilterError, match=r"^training_cluster_port_forward_address"):
         filters["training_cluster_plan"](tc(port_forward_address="0.0.0.0"), plan)
+
+
+# ---- training_cluster and vllm_k8s in one namespace: no mirrored settings, the objects training_cluster reports --
+def training_objects(**overrides: Any) -> list:
+    return kp.plan_training_cluster(tc(**overrides), kp.plan_llamafactory(lf()))["objects"]
+
+
+def test_training_cluster_reports_the_objects_it_owns() -> None:
+    objects = {(o["kind"], o["name"]): o["variable"] for o in training_objects()}
+    assert objects[("Deployment", "mlflow")] == "training_cluster_mlflow_name"
+    assert objects[("ServiceAccount", "llama-factory-train")] == "training_cluster_train_job_name"
+    assert objects[("Secret", "hf-token")] == "training_cluster_hf_token_secret_name"
+    assert ("NetworkPolicy", "default-deny-ingress") in objects
+    assert all(o["namespace"] == "llm-training" for o in training_objects())
+    # Switched-off components own nothing.
+    assert ("Deployment", "mlflow") not in {
+        (o["kind"], o["name"]) for o in training_objects(mlflow_enabled=False, report_to="none")
+    }
+
+
+def test_the_default_names_of_both_roles_do_not_clash() -> None:
+    plan = kp.plan_vllm_k8s(vllm(neighbour_objects=training_objects()))
+    assert {(o["kind"], o["name"]) for o in plan["objects"]} >= {
+        ("Deployment", "vllm-inference"),
+        ("Service", "vllm-inference"),
+        ("ConfigMap", "vllm-inference-model"),
+        ("Secret", "vllm-api-key"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("training", "vllm_overrides", "variable", "reason"),
+    [
+        # What training_cluster used to check with mirrored training_cluster_vllm_* settings, now checked by vllm_k8s.
+        ({"mlflow_name": "vllm-inference"}, {}, "vllm_k8s_name", "training_cluster_mlflow_name's Deployment"),
+        ({"train_job_name": "vllm-inference"}, {}, "vllm_k8s_name", "training_cluster_train_job_name's ServiceAccount"),
+        ({"config_map_name": "vllm-inference-model"}, {}, "vllm_k8s_name", "ConfigMap"),
+        ({"config_map_name": "vllm-inference-probe"}, {}, "vllm_k8s_name", "liveness probe"),
+        (
+            {"mlflow_credentials_secret_name": "vllm-api-key"},
+            {},
+            "vllm_k8s_api_key_secret_name",
+            "training_cluster_mlflow_credentials_secret_name's Secret",
+        ),
+        # A renamed vLLM is checked under its new name.
+        ({}, {"name": "mlflow"}, "vllm_k8s_name", "Deployment llm-training/mlflow"),
+        ({}, {"name": "default-deny-ingress"}, "vllm_k8s_name", "training_cluster_network_policy's NetworkPolicy"),
+        # Helm mode: the chart's names.
+        (
+            {"webui_name": "vllm-x-engine-service"},
+            {"mode": "helm", "name": "x", "create_namespace": False},
+            "vllm_k8s_name",
+            "Service",
+        ),
+    ],
+)
+def test_vllm_k8s_refuses_an_object_training_cluster_owns(
+    training: Dict[str, Any], vllm_overrides: Dict[str, Any], variable: str, reason: str
+) -> None:
+    fails(kp.plan_vllm_k8s, vllm(neighbour_objects=training_objects(**training), **vllm_overrides), variable, reason)
+
+
+def test_vllm_k8s_neighbours_in_another_namespace_do_not_clash() -> None:
+    kp.plan_vllm_k8s(vllm(namespace="serving", neighbour_objects=training_objects(mlflow_name="vllm-inference")))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable", "reason"),
+    [
+        ({"neighbour_objects": [{"kind": "Service"}]}, "vllm_k8s_neighbour_objects[0]", "kind and name"),
+        ({"neighbour_objects": "mlflow"}, "vllm_k8s_neighbour_objects", "list"),
+        ({"gate_local_port": 8000}, "vllm_k8s_gate_local_port", "cannot bind"),
+        ({"gate_local_port": 80}, "vllm_k8s_gate_local_port", "1024"),
+        ({"gate_timeout": 5}, "vllm_k8s_gate_timeout", "10"),
+        ({"port_forward_address": "0.0.0.0"}, "vllm_k8s_port_forward_address", "loopback"),
+        ({"port_forward_state": "running"}, "vllm_k8s_port_forward_state", "one of"),
+        ({"port_forward_state_dir": "relative/dir"}, "vllm_k8s_port_forward_state_dir", "absolute"),
+        ({"kubectl_binary": "kubectl --context x"}, "vllm_k8s_kubectl_binary", "whitespace"),
+    ],
+)
+def test_vllm_k8s_refuses_a_gate_or_forward_that_cannot_work(
+    overrides: Dict[str, Any], variable: str, reason: str
+) -> None:
+    fails(kp.plan_vllm_k8s, vllm(**overrides), variable, reason)
