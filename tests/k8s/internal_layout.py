@@ -97,7 +97,11 @@ TEST_NODE_VARS: Dict[str, Any] = {
     "vllm_k8s_model_load_timeout": 300,
     "vllm_k8s_startup_probe_period": 2,
     "vllm_k8s_readiness_probe_period": 2,
-    "vllm_k8s_wait_timeout": 300,
+    # The rollout wait outlasts one slow model load on a loaded CI machine, and a pod whose container restarted
+    # once fails it: the model vLLM cannot load (the failed-merge test) crashes once in minutes under parallel
+    # load, and two crashes (the default) plus a slow start outran 300 s in CI.
+    "vllm_k8s_wait_timeout": 600,
+    "vllm_k8s_wait_crash_restarts": 1,
     # The completion liveness probe, sized for a test that stops the engine (the defaults allow a minute).
     "vllm_k8s_liveness_probe_period": 5,
     "vllm_k8s_liveness_probe_timeout": 4,
