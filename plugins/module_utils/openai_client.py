@@ -315,9 +315,18 @@ class OpenAIEndpoint:
         return [str(e["id"]) for e in entries], result
 
     def probe(
-        self, kind: str, model: str, prompt: str, max_tokens: int, timeout: Optional[float] = None
+        self,
+        kind: str,
+        model: str,
+        prompt: str,
+        max_tokens: int,
+        timeout: Optional[float] = None,
+        *,
+        seed: Optional[int] = None,
+        allow_empty: bool = False,
     ) -> Tuple[Dict[str, Any], HttpResult]:
-        """Send one real, deterministic request; return its text, finish_reason and usage."""
+        """Send one real, deterministic request (temperature 0, and `seed` when given); return its text,
+        finish_reason and usage. Empty text is a failure unless `allow_empty` (a comparison records it)."""
         if kind == "completion":
             path = "/v1/completions"
             payload: Dict[str, Any] = dict(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0)
@@ -331,6 +340,8 @@ class OpenAIEndpoint:
             )
         else:
             raise ValueError("unknown probe {!r} (choose from {})".format(kind, ", ".join(PROBES)))
+        if seed is not None:
+            payload["seed"] = seed
         result = self.request("POST", self.api_url(path), payload=payload, timeout=timeout)
         if not result.ok:
             raise self.http_failure(f"/health answered 200 but the {kind}", result, probe=True)
@@ -357,7 +368,7 @@ class OpenAIEndpoint:
             finish_reason=choice.get("finish_reason"),
             usage=data.get("usage"),
         )
-        if not answer["text"]:
+        if not answer["text"] and not allow_empty:
             raise ReadinessError(
                 "/health answered 200 but the {} returned no text (finish_reason={}, usage={}): the server "
                 "answers but the model generates nothing for prompt {!r}. Check the model and its tokenizer, or "
