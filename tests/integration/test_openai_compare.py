@@ -101,7 +101,9 @@ def test_a_rejected_key_stops_before_measuring_and_is_never_shown(servers, run_m
     args = {"baseline": side(servers["same-a"]), "candidate": side(servers["same-b"], api_key="wrong-key-4411")}
     result, playbook = run_module(MODULE, args)
     assert playbook.rc != 0
-    assert result["msg"].startswith(f"cannot compare: candidate ({servers['same-b'].url}): /v1/models answered HTTP 401")
+    assert result["msg"].startswith(
+        f"cannot compare: candidate ({servers['same-b'].url}): /v1/models answered HTTP 401"
+    )
     assert "passed" not in result
     assert "wrong-key-4411" not in playbook.stdout + playbook.stderr
     assert API_KEY not in playbook.stdout + playbook.stderr
