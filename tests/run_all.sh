@@ -64,10 +64,20 @@ test_workers() {
 }
 
 pool_pytest() {
-    local held="$LLMOPS_CACHE/test-hosts/shared-wheelhouse" rc workers
+    local held="$LLMOPS_CACHE/test-hosts/shared-wheelhouse" rc workers layer=0
+    [ "${1:-}" = --vllm-layer ] && { layer=1; shift; }
     workers=$(test_workers) || return 1
     python tests/hosts/nspawn_hosts.py create --prefix shared-wheelhouse --count 0 --state-dir "$held" \
         --wheelhouse >/dev/null || return 1
+    # The test hosts of tests/integration/hosts start with vLLM installed (tests/hosts/vllm_layer.py: made
+    # once per machine by the role itself); the molecule scenario installs from scratch.
+    if [ "$layer" = 1 ]; then
+        LLMOPS_TEST_VLLM_LAYER=$(python tests/hosts/vllm_layer.py ensure) || {
+            python tests/hosts/nspawn_hosts.py destroy --prefix shared-wheelhouse --state-dir "$held" >/dev/null
+            return 1
+        }
+        export LLMOPS_TEST_VLLM_LAYER
+    fi
     python -m pytest -v -p no:cacheprovider -n "$workers" --no-loadscope-reorder \
         --durations=30 "$@"
     rc=$?
@@ -78,7 +88,7 @@ pool_pytest() {
 stage_integration() {
     # tests/hosts: the nspawn test-host driver itself; tests/k8s: the Kubernetes API emulator harness;
     # tests/molecule: every molecule scenario (molecule test -s NAME), one test each.
-    pool_pytest tests/integration tests/hosts tests/k8s tests/molecule
+    pool_pytest --vllm-layer tests/integration tests/hosts tests/k8s tests/molecule
 }
 
 stage_molecule() {

@@ -5,7 +5,7 @@ on the host's own address, and Ansible reaches it over SSH exactly like a datace
 No Docker is needed. Runs as root on the controller; standard library only.
 
     nspawn_hosts.py create  --prefix P --state-dir DIR (--count N | --host NAME ...)
-                            [--bind-ro SRC:DST ...] [--wheelhouse [--wheelhouse-port PORT]]
+                            [--bind-ro SRC:DST ...] [--layer DIR ...] [--wheelhouse [--wheelhouse-port PORT]]
     nspawn_hosts.py destroy --prefix P --state-dir DIR
     nspawn_hosts.py status  [--prefix P --state-dir DIR]
     nspawn_hosts.py base    [--wheelhouse]      build the cached base (and wheelhouse) ahead of time
@@ -14,7 +14,8 @@ Layout (see docs/testing-hosts.md):
   - one base root filesystem, built once by debootstrap and cached under
     $LLMOPS_CACHE/nspawn/base-<hash of package list and script version>/rootfs;
   - per host an overlayfs (lower = base, upper/work in DIR/hosts/NAME/), so hosts boot in ~1 s
-    and never change the base;
+    and never change the base; --layer DIR puts a prepared tree (an installed vLLM virtualenv,
+    tests/hosts/vllm_layer.py) between the base and the host's own writes;
   - one bridge on the controller, llmopsbr0 = 10.200.0.1/24, shared by every prefix; each host
     lives in its own network namespace with a veth pair whose controller end is on the bridge and
     whose host end is eth0 = 10.200.0.(10+k)/24: hosts reach each other and the controller reaches
@@ -415,7 +416,10 @@ def prepare_root(host: str, spec: dict, base: Path, state_dir: Path, state: dict
     for sub in ("upper", "work", "rootfs"):
         (hdir / sub).mkdir(parents=True, exist_ok=True)
     if not mounted(root):
-        opts = f"lowerdir={base},upperdir={hdir / 'upper'},workdir={hdir / 'work'}"
+        # Extra read-only layers (--layer) sit above the base: a host starts with what they hold, e.g. an
+        # installed vLLM virtualenv (tests/hosts/vllm_layer.py); its own writes still go to its upper dir.
+        lower = ":".join([*spec.get("layers", []), str(base)])
+        opts = f"lowerdir={lower},upperdir={hdir / 'upper'},workdir={hdir / 'work'}"
         run(["mount", "-t", "overlay", "overlay", "-o", opts, str(root)])
     (root / "etc/hostname").write_text(host + "\n")
     (root / "etc/hosts").write_text(hosts_file(state))
@@ -579,10 +583,16 @@ def create(args: argparse.Namespace) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / MARKER).write_text(f"prefix={prefix}\n")
     ensure_key(state_dir)
+    layers = [str(layer.resolve()) for layer in args.layer]
+    for layer in layers:
+        if not Path(layer).is_dir():
+            raise SystemExit(f"--layer {layer}: not a directory")
     with file_lock(REGISTRY / ".lock"):
         state = load_state(prefix, state_dir)
         state["state_dir"] = str(state_dir)
         allocate(state, hosts)
+        for host in hosts:
+            state["hosts"][host].setdefault("layers", layers)
         save_state(state)  # recorded before anything is made, so destroy finds it all
         ensure_bridge()
         for host in hosts:
@@ -778,6 +788,14 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--count", type=int, help="hosts named PREFIX-1 .. PREFIX-N")
     which.add_argument("--host", action="append", default=[], help="a host name (repeat for several)")
     p_create.add_argument("--bind-ro", action="append", default=[], metavar="SRC:DST", help="read-only bind mount")
+    p_create.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="a read-only overlay layer above the base (a tree from /), e.g. from tests/hosts/vllm_layer.py",
+    )
     p_create.add_argument("--wheelhouse", action="store_true", help="build and serve the vLLM wheelhouse")
     p_create.add_argument("--wheelhouse-port", type=int, default=wheelhouse.DEFAULT_PORT)
     p_destroy = sub.add_parser("destroy", help="stop the hosts and remove everything create made")

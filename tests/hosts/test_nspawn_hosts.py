@@ -55,8 +55,12 @@ def hosts(tmp_path_factory: pytest.TempPathFactory):
     if reason:
         pytest.skip(reason)
     state_dir = tmp_path_factory.mktemp("nspawn") / "state"
+    # A read-only layer above the base (what tests/hosts/vllm_layer.py makes with a vLLM virtualenv).
+    layer = state_dir.parent / "layer"
+    (layer / "opt" / "llmops-layer").mkdir(parents=True)
+    (layer / "opt" / "llmops-layer" / "marker").write_text("from the layer\n")
     started = time.monotonic()
-    result = cli("create", "--prefix", PREFIX, "--count", "2", "--state-dir", str(state_dir))
+    result = cli("create", "--prefix", PREFIX, "--count", "2", "--state-dir", str(state_dir), f"--layer={layer}")
     print(f"create took {time.monotonic() - started:.1f} s\n{result.stderr}")
     state = json.loads((state_dir / "state.json").read_text())
     try:
@@ -71,6 +75,19 @@ def test_inventory_lists_both_hosts(hosts):
     for name, spec in state["hosts"].items():
         assert f"    {name}:\n      ansible_host: {spec['ip']}\n" in inventory
     assert f'ansible_ssh_private_key_file: "{state_dir / "id_ed25519"}"' in inventory
+
+
+def test_a_layer_is_seen_by_every_host_and_written_by_none(hosts):
+    state_dir, state = hosts
+    (a, spec_a), (_b, spec_b) = sorted(state["hosts"].items())
+    marker = "/opt/llmops-layer/marker"
+    for spec in (spec_a, spec_b):
+        assert ssh(state_dir, spec["ip"], f"cat {marker}").stdout == "from the layer\n"
+    assert ssh(state_dir, spec_a["ip"], f"echo changed on a > {marker}").returncode == 0
+    assert ssh(state_dir, spec_a["ip"], f"cat {marker}").stdout == "changed on a\n"
+    assert ssh(state_dir, spec_b["ip"], f"cat {marker}").stdout == "from the layer\n"
+    assert (state_dir.parent / "layer" / "opt" / "llmops-layer" / "marker").read_text() == "from the layer\n"
+    assert (state_dir / "hosts" / a / "upper" / "opt" / "llmops-layer" / "marker").read_text() == "changed on a\n"
 
 
 def test_ssh_works_both_ways_between_hosts(hosts):

@@ -121,9 +121,13 @@ class Fleet:
 
 def booted_fleet(
     prefix: str, groups: Dict[str, List[str]], wheelhouse: bool = False, bind_ro: Optional[List[str]] = None,
-    env: Optional[Dict[str, str]] = None,
+    env: Optional[Dict[str, str]] = None, *, vllm_layer: bool = False,
 ) -> Iterator[Fleet]:  # fmt: skip
-    """Boot the hosts named in `groups` (group -> hosts), yield a Fleet, destroy them afterwards."""
+    """Boot the hosts named in `groups` (group -> hosts), yield a Fleet, destroy them afterwards.
+
+    With `vllm_layer`, the hosts start with the vLLM virtualenv the role installs already in place
+    (tests/hosts/vllm_layer.py, given by tests/run_all.sh in $LLMOPS_TEST_VLLM_LAYER), so the role skips the
+    install; without that variable (a test file run on its own) they install it."""
     if os.geteuid() != 0:
         pytest.skip("needs root to boot systemd-nspawn test hosts")
     # A fixed state dir: a run that was interrupted before its teardown is cleaned up here.
@@ -133,6 +137,9 @@ def booted_fleet(
     hosts = list(dict.fromkeys(h for members in groups.values() for h in members))
     create = [sys.executable, str(CLI), "create", "--prefix", prefix, "--state-dir", str(state)]
     create += [f"--host={h}" for h in hosts] + [f"--bind-ro={b}" for b in bind_ro or []]
+    layer = os.environ.get("LLMOPS_TEST_VLLM_LAYER", "")
+    if vllm_layer and layer:
+        create.append(f"--layer={layer}")
     subprocess.run(create + (["--wheelhouse"] if wheelhouse else []), check=True, capture_output=True, timeout=900)
     (state / "groups.yml").write_text(json.dumps({g: {"hosts": {h: None for h in m}} for g, m in groups.items()}))
     known = json.loads((state / "state.json").read_text())["hosts"]

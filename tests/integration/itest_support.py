@@ -120,7 +120,10 @@ class VllmServer:
             HF_HUB_OFFLINE="1",
             VLLM_NO_USAGE_STATS="1",
             VLLM_TARGET_DEVICE="cpu",
-            VLLM_CACHE_ROOT=str(self.workdir / "vllm-cache"),
+            # Shared by every test server: vLLM caches what it learns of a model class there (modelinfos, written
+            # atomically), so only the first server of a machine pays for the subprocess that imports torch and
+            # vLLM once more to inspect it.
+            VLLM_CACHE_ROOT=str(required_env("LLMOPS_CACHE") / "vllm-test-cache"),
         )
         env.pop("VLLM_API_KEY", None)
         if self.api_key:

@@ -50,7 +50,8 @@ def prod_settings() -> dict:
 
 @pytest.fixture(scope="module")
 def fleet():
-    for fleet in booted_fleet("fleet", {"vllm_hosts": HOSTS}, wheelhouse=True, env={"LLMOPS_DEMO_API_KEY": KEY}):
+    hosts = {"vllm_hosts": HOSTS}
+    for fleet in booted_fleet("fleet", hosts, wheelhouse=True, env={"LLMOPS_DEMO_API_KEY": KEY}, vllm_layer=True):
         # An inventory directory of the test's own, like inventories/prod: group_vars read by Ansible itself.
         inventory = fleet.state / "prod-settings"
         (inventory / "group_vars").mkdir(parents=True, exist_ok=True)
@@ -76,8 +77,10 @@ DEPLOY_PLAY = "Deploy vLLM servers on the external fleet, batch by batch"
 def untouched(fleet: Fleet, host: str) -> str:
     """What the deploy leaves on a host, listed; empty when the host was never touched."""
     return fleet.ssh(
-        "ls -d /opt/vllm /etc/vllm /srv/vllm /etc/systemd/system/vllm@.service /etc/systemd/system/vllm-proxy.service "
-        "2>/dev/null; true",
+        # /opt/vllm/venv is the role's link to the virtualenv it installed (or found already installed: the
+        # hosts may start with it, see tests/hosts/vllm_layer.py).
+        "ls -d /opt/vllm/venv /etc/vllm /srv/vllm /etc/systemd/system/vllm@.service "
+        "/etc/systemd/system/vllm-proxy.service 2>/dev/null; true",
         host,
     ).strip()
 
@@ -264,13 +267,21 @@ def surfaces(fleet: Fleet, host: str) -> str:
     )
 
 
-def files_holding(fleet: Fleet, host: str, secret: str) -> list[str]:
+def files_holding(fleet: Fleet, host: str, secrets: list[str]) -> dict[str, list[str]]:
+    """secret -> "mode owner path" of every file on the host that holds it. One scan of the file systems for all
+    of them (the vLLM virtualenv alone is over a GiB), then each file found is searched for each secret."""
+    patterns = " ".join(f"-e '{secret}'" for secret in secrets)
     out = fleet.ssh(
-        f"grep -rlsF --exclude-dir=proc --exclude-dir=sys -e '{secret}' /etc /opt /var /srv /run /root /home /tmp | "
-        "xargs -r stat -c '%a %U %n'",
+        f"grep -rlsF --exclude-dir=proc --exclude-dir=sys {patterns} /etc /opt /var /srv /run /root /home /tmp | "
+        "while read -r f; do for s in " + " ".join(f"'{secret}'" for secret in secrets) + "; do "
+        'grep -qsF -e "$s" "$f" && echo "$s $(stat -c \'%a %U %n\' "$f")"; done; done; true',
         host,
     )
-    return out.splitlines()
+    found: dict[str, list[str]] = {secret: [] for secret in secrets}
+    for line in out.splitlines():
+        secret, entry = line.split(" ", 1)
+        found[secret].append(entry)
+    return found
 
 
 def test_no_secret_reaches_any_output(fleet: Fleet) -> None:
@@ -288,6 +299,7 @@ def test_no_secret_reaches_any_output(fleet: Fleet) -> None:
     assert fleet.answer(report_run["vllm_host_api_key"], host).strip()
     assert "pip" in out_verbose and "PIP_CONFIG_FILE" in out_verbose, "pip did not run in the -vvv run"
     seen = surfaces(fleet, host)
+    holding = files_holding(fleet, host, [*verbose.values(), *report_run.values()])
     leaks = []
     for values in (verbose, report_run):
         for place, secret in values.items():
@@ -298,10 +310,10 @@ def test_no_secret_reaches_any_output(fleet: Fleet) -> None:
             ):
                 if secret in text:
                     leaks.append(f"{place} in the {where}")
-            for entry in files_holding(fleet, host, secret):
+            for entry in holding[secret]:
                 mode, owner, path = entry.split(" ", 2)
                 if mode != "600" or owner != "root":
                     leaks.append(f"{place} in {path} (mode {mode}, owner {owner})")
     assert not leaks, leaks
     # The secrets do live where they belong: root-only files.
-    assert files_holding(fleet, host, report_run["vllm_host_api_key"]), "the API key is in no file at all"
+    assert holding[report_run["vllm_host_api_key"]], "the API key is in no file at all"
