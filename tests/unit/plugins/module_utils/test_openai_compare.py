@@ -96,8 +96,8 @@ def test_same_answers_agree_and_every_request_is_deterministic(clock, side):
 
 
 def test_differences_are_reported_with_both_answers_and_fail_min_agreement(clock, side):
-    baseline, _ = side("baseline", answers({}))
-    candidate, _ = side("candidate", answers({("chat", "Bye"): "another answer"}), url="http://10.0.0.2:8000")
+    baseline, _transport = side("baseline", answers({}))
+    candidate, _transport = side("candidate", answers({("chat", "Bye"): "another answer"}), url="http://10.0.0.2:8000")
     result = run(clock, baseline, candidate, repeat=3)
     assert not result["passed"]
     assert result["differences_total"] == 3  # the same request in 3 rounds...
@@ -110,15 +110,15 @@ def test_differences_are_reported_with_both_answers_and_fail_min_agreement(clock
 
 
 def test_normalized_match_accepts_answers_that_differ_in_case_and_spacing(clock, side):
-    baseline, _ = side("baseline", answers({}, default="Paris is big"))
-    candidate, _ = side("candidate", answers({}, default=" paris  IS big"), url="http://10.0.0.2:8000")
+    baseline, _transport = side("baseline", answers({}, default="Paris is big"))
+    candidate, _transport = side("candidate", answers({}, default=" paris  IS big"), url="http://10.0.0.2:8000")
     assert not run(clock, baseline, candidate)["passed"]
     assert run(clock, baseline, candidate, match="normalized")["passed"]
 
 
 def test_failed_requests_are_counted_not_compared(clock, side):
-    baseline, _ = side("baseline", answers({}))
-    candidate, _ = side("candidate", answers({("completion", "Hello"): 500}), url="http://10.0.0.2:8000")
+    baseline, _transport = side("baseline", answers({}))
+    candidate, _transport = side("candidate", answers({("completion", "Hello"): 500}), url="http://10.0.0.2:8000")
     result = run(clock, baseline, candidate)
     assert (result["candidate"]["errors"], result["compared"], result["agreement"]) == (1, 3, 1.0)
     assert result["candidate"]["error_samples"][0]["prompt"] == "Hello"
@@ -128,17 +128,17 @@ def test_failed_requests_are_counted_not_compared(clock, side):
 
 
 def test_every_request_failing_is_never_a_pass(clock, side):
-    baseline, _ = side("baseline", answers({}))
+    baseline, _transport = side("baseline", answers({}))
     failing = {(k, p): 503 for k in ("completion", "chat") for p in ("Hello", "Bye")}
-    candidate, _ = side("candidate", answers(failing), url="http://10.0.0.2:8000")
+    candidate, _transport = side("candidate", answers(failing), url="http://10.0.0.2:8000")
     result = run(clock, baseline, candidate, max_errors=1000)
     assert not result["passed"] and result["agreement"] is None
     assert "nothing to compare" in result["failures"][0]
 
 
 def test_latency_and_throughput_thresholds(clock, side):
-    baseline, _ = side("baseline", answers({}), latency=0.010)
-    candidate, _ = side("candidate", answers({}), url="http://10.0.0.2:8000", latency=0.050)
+    baseline, _transport = side("baseline", answers({}), latency=0.010)
+    candidate, _transport = side("candidate", answers({}), url="http://10.0.0.2:8000", latency=0.050)
     result = run(clock, baseline, candidate, max_p95_latency_ratio=2.0, min_throughput_ratio=0.5, max_p95_latency_ms=20)
     assert result["ratios"]["p95_latency"] == pytest.approx(5.0)
     assert result["ratios"]["throughput"] == pytest.approx(0.2, abs=0.01)
@@ -151,8 +151,8 @@ def test_latency_and_throughput_thresholds(clock, side):
 
 def test_a_side_that_answers_differently_across_rounds_is_unstable(clock, side):
     texts = iter(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"])
-    baseline, _ = side("baseline", answers({("completion", "Hello"): lambda: next(texts)}))
-    candidate, _ = side("candidate", answers({}), url="http://10.0.0.2:8000")
+    baseline, _transport = side("baseline", answers({("completion", "Hello"): lambda: next(texts)}))
+    candidate, _transport = side("candidate", answers({}), url="http://10.0.0.2:8000")
     result = run(clock, baseline, candidate, repeat=2, kinds=["completion"], min_agreement=0)
     assert result["baseline"]["unstable"] == [{"kind": "completion", "prompt": "Hello", "answers": 2}]
     assert result["candidate"]["unstable"] == []
@@ -160,15 +160,15 @@ def test_a_side_that_answers_differently_across_rounds_is_unstable(clock, side):
 
 def test_concurrent_requests_keep_each_answer_with_its_prompt(clock, side):
     table = {("completion", f"p{i}"): f"answer {i}" for i in range(20)}
-    baseline, _ = side("baseline", answers(table))
-    candidate, _ = side("candidate", answers(table), url="http://10.0.0.2:8000")
+    baseline, _transport = side("baseline", answers(table))
+    candidate, _transport = side("candidate", answers(table), url="http://10.0.0.2:8000")
     result = run(clock, baseline, candidate, prompts=[f"p{i}" for i in range(20)], kinds=["completion"], concurrency=8)
     assert result["passed"] and result["compared"] == 20 and result["baseline"]["concurrency"] == 8
 
 
 def test_an_unusable_side_stops_before_measuring_and_never_shows_the_key(clock, side):
     baseline, base_t = side("baseline", answers({}))
-    candidate, _ = side(
+    candidate, _transport = side(
         "candidate", {"/v1/models": (401, "bad key k3y-secret")}, url="http://10.0.0.2:8000", api_key="k3y-secret"
     )
     with pytest.raises(cmp.CompareError) as err:
@@ -179,8 +179,8 @@ def test_an_unusable_side_stops_before_measuring_and_never_shows_the_key(clock, 
 
 
 def test_a_model_the_side_does_not_serve_names_the_option(clock, side):
-    baseline, _ = side("baseline", answers({}))
-    candidate, _ = side("candidate", answers({}), url="http://10.0.0.2:8000", model="big")
+    baseline, _transport = side("baseline", answers({}))
+    candidate, _transport = side("candidate", answers({}), url="http://10.0.0.2:8000", model="big")
     with pytest.raises(
         cmp.CompareError, match=r"does not serve model 'big'; it serves \['tiny'\]. Set candidate.model"
     ):
@@ -188,8 +188,8 @@ def test_a_model_the_side_does_not_serve_names_the_option(clock, side):
 
 
 def test_a_side_compared_with_itself_is_refused(clock, side):
-    baseline, _ = side("baseline", answers({}))
-    candidate, _ = side("candidate", answers({}), url="http://127.0.0.1:8000/")
+    baseline, _transport = side("baseline", answers({}))
+    candidate, _transport = side("candidate", answers({}), url="http://127.0.0.1:8000/")
     with pytest.raises(cmp.CompareError, match="same endpoint and model"):
         run(clock, baseline, candidate)
 
@@ -216,7 +216,7 @@ def test_a_side_compared_with_itself_is_refused(clock, side):
 )
 def test_settings_out_of_range_are_refused_naming_the_option(clock, side, change, named):
     baseline, base_t = side("baseline", answers({}))
-    candidate, _ = side("candidate", answers({}), url="http://10.0.0.2:8000")
+    candidate, _transport = side("candidate", answers({}), url="http://10.0.0.2:8000")
     with pytest.raises(cmp.CompareError) as err:
         run(clock, baseline, candidate, **change)
     assert named in str(err.value)
