@@ -1,6 +1,6 @@
 """An overlay layer with the vLLM virtualenv exactly as roles/vllm_host installs it, for test hosts.
 
-Installing vLLM into a test host (pip from the offline wheelhouse, ~1.3 GB unpacked and compiled, then the
+Installing vLLM into a test host (pip from the offline wheelhouse, a 3.4 GB virtualenv unpacked and compiled, then the
 import check) is the costliest step of a host's first deploy, and only the tests about the install need to
 watch it happen: the vllm_host molecule scenario installs from scratch on both its hosts, and the fleet's
 secrets test makes the role run pip again with an index. The tests about rollouts, promotions, the watchdog and
@@ -18,9 +18,8 @@ what the role installs (the lock, the role's install tasks and variables, the de
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,9 +28,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(ROOT / "tests" / "integration")]
 
 import nspawn_hosts  # noqa: E402
+from fleet_support import booted_fleet  # noqa: E402
 
 # What decides the virtualenv the role makes.
 INPUTS = (
@@ -50,10 +50,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] vllm-layer: {message}", file=sys.stderr, flush=True)
 
 
-def cache() -> Path:
-    return Path(os.environ.get("LLMOPS_CACHE") or Path.home() / ".cache" / "llmops-platform")
-
-
 def key(base: Path) -> str:
     digest = hashlib.sha256(str(base).encode())
     for name in INPUTS:
@@ -62,31 +58,17 @@ def key(base: Path) -> str:
 
 
 def build(layer: Path) -> None:
-    state = cache() / "test-hosts" / PREFIX
-    cli = [sys.executable, str(HERE / "nspawn_hosts.py")]
-    destroy = [*cli, "destroy", "--prefix", PREFIX, "--state-dir", str(state)]
-    subprocess.run(destroy, check=False, capture_output=True, timeout=300)
+    """Install with the role into one test host (booted and destroyed as the host tests do), copy the result."""
     started = time.monotonic()
-    try:
-        create = [*cli, "create", "--prefix", PREFIX, "--state-dir", str(state), f"--host={HOST}", "--wheelhouse"]
-        subprocess.run(create, check=True, capture_output=True, timeout=900)
-        (state / "groups.yml").write_text(json.dumps({"vllm_hosts": {"hosts": {HOST: None}}}))
-        command = [
-            "ansible-playbook",
-            f"--inventory={ROOT / 'inventories' / 'demo'}",
-            f"--inventory={state / 'inventory.yml'}",
-            f"--inventory={state / 'groups.yml'}",
-            str(ROOT / "playbooks" / "external.yml"),
-            "--tags",
-            "vllm_host_install",
-        ]
-        env = {**os.environ, "LLMOPS_TLS_CA_DIR": str(state / "tls")}
-        env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.builtin.default"
+    with contextlib.closing(booted_fleet(PREFIX, {"vllm_hosts": [HOST]}, wheelhouse=True)) as fleets:
+        fleet = next(fleets)
         log(f"installing vLLM into test host {HOST} with the vllm_host role (once per machine, a few minutes)")
-        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"the install for the vLLM layer failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-        upper = state / "hosts" / HOST / "upper" / INSTALL_DIR
+        rc, out, _report = fleet.playbook(
+            "external.yml", "--tags", "vllm_host_install", callback="ansible.builtin.default"
+        )
+        if rc != 0:
+            raise SystemExit(f"the install for the vLLM layer failed:\n{out[-4000:]}")
+        upper = fleet.state / "hosts" / HOST / "upper" / INSTALL_DIR
         venvs = [path for path in upper.glob("venv-*") if path.is_dir() and not path.is_symlink()]
         if len(venvs) != 1 or not (venvs[0] / ".llmops-install-id").is_file():
             raise SystemExit(f"expected one installed virtualenv with its install id in {upper}, found {venvs}")
@@ -99,13 +81,11 @@ def build(layer: Path) -> None:
         (partial / ".complete").write_text(venvs[0].name + "\n")
         partial.rename(layer)
         log(f"{venvs[0].name} ready in {layer} after {time.monotonic() - started:.0f} s")
-    finally:
-        subprocess.run(destroy, check=False, capture_output=True, timeout=300)
 
 
 def ensure() -> Path:
     base = nspawn_hosts.ensure_base()
-    layers = cache() / "test-hosts" / "layers"
+    layers = nspawn_hosts.cache_root() / "test-hosts" / "layers"
     layers.mkdir(parents=True, exist_ok=True)
     layer = layers / f"vllm-{key(base)}"
     with nspawn_hosts.file_lock(layers / ".lock"):
@@ -113,8 +93,9 @@ def ensure() -> Path:
             shutil.rmtree(layer, ignore_errors=True)
             build(layer)
         # Layers of earlier inputs are not used any more (a host booted from one keeps it mounted until destroyed).
+        mounts = Path("/proc/mounts").read_text()
         for old in layers.glob("vllm-*"):
-            if old != layer and not any(old.name in line for line in Path("/proc/mounts").read_text().splitlines()):
+            if old != layer and old.name not in mounts:
                 shutil.rmtree(old, ignore_errors=True)
     return layer
 
