@@ -90,8 +90,19 @@ def plan_sync(s: Dict[str, Any], inventory_hosts: Any = ()) -> Dict[str, Any]:
         ("tree_port", 1024, 65535),
     ):
         out[var] = _as_int(s[var], "model_sync_" + var, minimum=minimum, maximum=maximum)
-    for var in ("reload", "compress"):
+    for var in ("reload", "compress", "load_check"):
         out[var] = _as_bool(s[var], "model_sync_" + var)
+    if out["load_check"]:
+        check_path(
+            _text(s["load_check_python"], "model_sync_load_check_python", allow_empty=False),
+            "model_sync_load_check_python",
+        )
+        checks = _as_list(s["load_checks"], "model_sync_load_checks")
+        if not checks:
+            _fail("model_sync_load_checks", "must name at least one of config, tokenizer, architecture")
+        for i, check in enumerate(checks):
+            if check not in ("config", "tokenizer", "architecture"):
+                _fail(f"model_sync_load_checks[{i}]", f"must be config, tokenizer or architecture, got {check!r}")
     if s["distribution"] not in ("star", "tree"):
         _fail("model_sync_distribution", f"must be star or tree, got {s['distribution']!r}")
     out["store"] = store

@@ -26,6 +26,7 @@ import re
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,10 @@ from internal_layout import (  # noqa: E402
     HF_TOKEN,
     NAMESPACE,
     SERVED_NAME,
+    TEST_NODE_VARS,
     VLLM_NAME,
     VLLM_PORT,
+    Stage,
     from_environment,
     stage_table,
 )
@@ -297,6 +300,117 @@ def test_a_second_converge_changes_nothing_and_keeps_the_vllm_pod(cluster):
     ]
     assert stage.stats["changed"] == 0, changed
     assert [p["metadata"]["name"] for p in cluster.pods("app.kubernetes.io/name=vllm")] == pods_before
+
+
+# -- hybrid: staging (this cluster's vLLM) promoted to a production host (a real systemd host in nspawn) ---------
+PROD_KEY = "e2e-hybrid-production-key-51c0d"
+PROD_HOST = "hybrid-prod-1"
+
+
+@pytest.fixture(scope="module")
+def production(cluster):
+    """One production host (tests/hosts: systemd in nspawn, vLLM's virtualenv from the shared layer) beside the
+    cluster: an inventory like inventories/hybrid - the cluster's inventory for staging (localhost), the demo
+    inventory's CPU settings for vllm_hosts with staging's served name and vLLM settings, and the cluster's PVC
+    as the share production reads the model from (on the controller here; NFS on /storage in production)."""
+    from fleet_support import booted_fleet
+
+    for fleet in booted_fleet(
+        "hybrid", {"vllm_hosts": [PROD_HOST]}, wheelhouse=True, env={"LLMOPS_DEMO_API_KEY": PROD_KEY}, vllm_layer=True
+    ):
+        inventory = fleet.state / "hybrid-production"
+        (inventory / "group_vars").mkdir(parents=True, exist_ok=True)
+        (inventory / "hosts.yml").write_text(json.dumps({"vllm_hosts": {"hosts": {PROD_HOST: None}}}))
+        server = {k: v for k, v in TEST_NODE_VARS["vllm_k8s_server"].items() if k != "device"}
+        (inventory / "group_vars" / "vllm_hosts.yml").write_text(
+            json.dumps(
+                {
+                    "vllm_host_served_model_name": SERVED_NAME,
+                    "vllm_host_server_defaults": server,
+                    "model_sync_source_location": "controller",
+                    "hybrid_storage_path": str(cluster.pvc),
+                }
+            )
+        )
+        fleet.inventories += [inventory, cluster.inventory]
+        fleet.env.update({k: v for k, v in cluster.env().items() if k in ("KUBECONFIG", "ANSIBLE_VAULT_PASSWORD_FILE")})
+        yield fleet
+
+
+def hybrid(cluster, production, name: str, **extra):
+    """hybrid.yml as an operator runs it, recorded as a stage of the cluster's table."""
+    started = time.monotonic()
+    rc, output, report = production.playbook("hybrid.yml", **extra)
+    stage = Stage(name, ["ansible-playbook", "playbooks/hybrid.yml"], rc, time.monotonic() - started, report, output)
+    cluster.stages.append(stage)
+    for secret in (*SECRETS, PROD_KEY):
+        assert secret not in output, f"{name} printed a key"
+    return stage
+
+
+def staging_answer(cluster, prompt: str) -> str:
+    body = {"model": SERVED_NAME, "prompt": prompt, "max_tokens": 8, "temperature": 0}
+    code, answer = cluster.http(cluster.service_url(VLLM_NAME, VLLM_PORT) + "/v1/completions", body, key=API_KEY)
+    assert code == 200, answer
+    return json.loads(answer)["choices"][0]["text"]
+
+
+def test_hybrid_stops_at_a_production_setting_that_differs_from_staging(cluster, production):
+    """A first promotion onto a host whose vLLM is configured with a shorter context than staging's: the instance
+    starts and passes the health gate, the consistency gate fails naming the flag with both values, and the
+    instance is stopped (not put into the balancer), so the next run starts it and gates it again."""
+    record = cluster.model_record()
+    assert record, "needs the merged model staging serves"
+    server = {k: v for k, v in TEST_NODE_VARS["vllm_k8s_server"].items() if k != "device"}
+    stage = hybrid(cluster, production, "hybrid.yml (production max_model_len differs)",
+                   vllm_host_server_defaults={**server, "max_model_len": 128})  # fmt: skip
+    assert stage.rc != 0, "a production host configured unlike staging must fail the promotion"
+    failure = " ".join(stage.failures())
+    assert "--max-model-len (max_model_len): 256 on staging" in failure and "128 on" in failure, failure
+    assert "vllm_host_gate_tasks" in failure and "were stopped" in failure, failure
+    assert production.current().endswith(record["digest"][:16])
+    assert production.ssh("systemctl is-active vllm@main.service", check=False).strip() == "inactive"
+
+
+def test_hybrid_promotes_the_model_staging_validated_behind_the_parity_gate(cluster, production):
+    record = cluster.model_record()
+    stage = hybrid(cluster, production, "hybrid.yml")
+    assert stage.rc == 0, f"hybrid.yml failed: {stage.failures()}\n{stage.output[-4000:]}"
+    # Exactly staging's content, verified on the host.
+    assert production.current().endswith(record["digest"][:16])
+    # The same server (consistency) and the same answers (openai_compare) as staging, through a port-forward.
+    consistency = item_results(stage, "The candidates must run the same vLLM release, model content and settings")
+    assert consistency and all(c["consistent"] for c in consistency), consistency
+    compared = item_results(stage, f"The candidates must answer as the baseline does, staging {NAMESPACE}/{VLLM_NAME}")
+    assert compared and all(c["passed"] and c["agreement"] == 1.0 and c["compared"] >= 16 for c in compared), compared
+    assert compared[0]["baseline"]["server_version"] == compared[0]["candidate"]["server_version"]
+    # And for a prompt of the test's own, asked directly: production answers as staging.
+    prompt = "The hybrid layout promotes"
+    assert production.answer(PROD_KEY, prompt=prompt, model=SERVED_NAME) == staging_answer(cluster, prompt)
+    assert not list((cluster.ui_state_dir).glob("parity-*.pid")), "the port-forward to staging was left running"
+
+
+def test_hybrid_again_changes_nothing(cluster, production):
+    stage = hybrid(cluster, production, "hybrid.yml (again)")
+    assert stage.rc == 0, stage.failures()
+    assert stage.report["stats"][PROD_HOST]["changed"] == 0, stage.report["stats"]
+
+
+def test_hybrid_refuses_a_model_changed_on_the_share_after_staging_validated_it(cluster, production):
+    record = cluster.model_record()
+    target = cluster.pvc / record["model_path"].removeprefix("/storage/") / "generation_config.json"
+    original = target.read_bytes()
+    before = production.current()
+    try:
+        target.write_bytes(original.rstrip() + b"\n\n")
+        stage = hybrid(cluster, production, "hybrid.yml (model changed after validation)")
+    finally:
+        target.write_bytes(original)
+    assert stage.rc != 0, "a model that is no longer what staging validated must not be promoted"
+    failure = " ".join(stage.failures())
+    assert record["digest"][:16] in failure or record["digest"] in failure, failure
+    assert production.current() == before
+    assert production.answer(PROD_KEY, model=SERVED_NAME)
 
 
 def visible_text(dom: str) -> str:

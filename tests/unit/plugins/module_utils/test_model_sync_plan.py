@@ -54,6 +54,9 @@ def test_valid_variants():
     plan_sync(settings(expected_digest=DIGEST, distribution="tree", reload_instances=["a", "b-2"]), INVENTORY)
     plan_sync(settings(source="/storage/models/merged-model/"), INVENTORY)  # a trailing slash is rsync's business
     plan_sync(settings(keep=0, chunk_mb=0, hash_workers=0, lock_timeout=0), INVENTORY)
+    plan_sync(settings(load_check_python="/opt/vllm-0.11/venv/bin/python3", load_checks=["architecture"]), INVENTORY)
+    # The load check off: its interpreter and checks are not looked at.
+    plan_sync(settings(load_check=False, load_check_python="", load_checks=[]), INVENTORY)
 
 
 def test_a_controller_source_may_have_the_store_path():
@@ -116,6 +119,13 @@ FAILURES = {
     "reload not a bool": ("reload", {"reload": "sometimes"}),
     "compress not a bool": ("compress", {"compress": "gzip"}),
     "distribution mesh": ("distribution", {"distribution": "mesh"}),
+    "load check not a bool": ("load_check", {"load_check": "maybe"}),
+    "load check python relative": ("load_check_python", {"load_check_python": "venv/bin/python"}),
+    "load check python empty": ("load_check_python", {"load_check_python": ""}),
+    "load check python with ..": ("load_check_python", {"load_check_python": "/opt/vllm/../bin/python"}),
+    "load checks empty": ("load_checks", {"load_checks": []}),
+    "load checks string": ("load_checks", {"load_checks": "tokenizer"}),
+    "load check unknown": ("load_checks[1]", {"load_checks": ["config", "weights"]}),
 }
 
 
