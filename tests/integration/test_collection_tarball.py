@@ -1,11 +1,18 @@
-"""The collection as users get it: `ansible-galaxy collection build`, installed into a clean path, every playbook run
-from it by FQCN (llmops.platform.<playbook>) with only that path and the dependency collections (the tools
-virtualenv's `ansible` bundle) visible: no checkout, no .collections link, no ansible.cfg. About 25 s.
+"""The playbooks where users run them, none of which knows `make setup` (about 35 s in all):
+
+- the collection as users get it: `ansible-galaxy collection build`, installed into a clean path, every playbook run
+  from it by FQCN (llmops.platform.<playbook>) with only that path and the dependency collections (the tools
+  virtualenv's `ansible` bundle) visible: no checkout, no .collections link, no ansible.cfg;
+- an AWX project: a copy of the checkout's files, collections/requirements.yml's entry for this collection installed
+  from there as AWX's project update does (ansible-galaxy in the project directory), the root-level playbooks loaded
+  with AWX's collections path;
+- a bare checkout: the error names the fix.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -120,3 +127,70 @@ def test_a_playbook_runs_from_the_installed_collection(installed: Dict[str, Path
     assert "llmops.platform.k8s_common : Stop the port forwards started here" in result.stdout
     assert "failed=0" in result.stdout
     assert str(ROOT) not in result.stdout, "the run must not reach into the checkout"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files of the checkout as git would give them to AWX (tracked, or new and not ignored)."""
+    dest = tmp_path_factory.mktemp("project")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
+    ).stdout.decode()
+    for name in filter(None, files.split("\0")):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+def _root_playbook(project: Path, env: Dict[str, str], name: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ansible-playbook", "-i", "inventories/prod", "--syntax-check", name],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=project,
+        timeout=300,
+    )
+
+
+def test_an_awx_project_checkout_installs_itself(project: Path, tmp_path: Path) -> None:
+    # Only this collection's entry (the others come from Galaxy, which the tests cannot reach; the bundle has them).
+    requirements = yaml.safe_load((project / "collections" / "requirements.yml").read_text())
+    own = [c for c in requirements["collections"] if c.get("type") == "dir"]
+    assert own == [{"name": ".", "type": "dir"}]
+    (tmp_path / "own.yml").write_text(yaml.safe_dump({"collections": own}))
+    env = _clean_env(tmp_path)
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(tmp_path / "requirements_collections")
+    install = subprocess.run(
+        [
+            "ansible-galaxy",
+            "collection",
+            "install",
+            "--no-deps",
+            "-r",
+            str(tmp_path / "own.yml"),
+            "-p",
+            str(tmp_path / "requirements_collections"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=project,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert (tmp_path / "requirements_collections" / "ansible_collections" / "llmops" / "platform" / "roles").is_dir()
+    result = _root_playbook(project, env, "external.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_bare_checkout_says_where_to_look(project: Path, tmp_path: Path) -> None:
+    env = _clean_env(tmp_path)
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(tmp_path / "empty")
+    result = _root_playbook(project, env, "external.yml")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "llmops.platform.model_sync' was not found" in output
+    assert "make setup, or ansible-galaxy collection install -r collections/requirements.yml" in output

@@ -440,3 +440,22 @@ def test_root_level_playbooks_import_playbooks() -> None:
         plays = _load_yaml(root_level)
         assert [p.get("ansible.builtin.import_playbook") for p in plays] == [f"playbooks/{playbook.name}"]
     assert problems == []
+
+
+# Shown by Ansible next to "the role 'llmops.platform.…' was not found" (it prints the two lines above the reference).
+NOT_FOUND_HINT = "# Not found? make setup, or ansible-galaxy collection install -r collections/requirements.yml"
+
+
+def test_a_missing_collection_error_shows_the_fix() -> None:
+    problems: List[str] = []
+    for playbook in sorted((ROOT / "playbooks").glob("*.yml")):
+        lines = playbook.read_text().splitlines()
+        refs = [i for i, line in enumerate(lines) if re.search(r"(role|name): llmops\.platform\.[a-z0-9_]+$", line)]
+        if not refs:
+            continue
+        # The play whose roles: Ansible loads first, else the first include.
+        first = next((i for i in refs if lines[i - 1].strip() == "roles:"), refs[0])
+        above = lines[first - 2 : first]
+        if NOT_FOUND_HINT not in [line.strip() for line in above]:
+            problems.append(f"{playbook.name}:{first + 1}: put {NOT_FOUND_HINT!r} on one of the two lines above")
+    assert problems == []
