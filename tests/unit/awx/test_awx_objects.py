@@ -124,11 +124,11 @@ def role_entry_points(playbook: Path) -> Set[Tuple[str, str]]:
                 for key in INCLUDE_KEYS:
                     if key in task:
                         found.add((task[key]["name"], task[key].get("tasks_from", "main")))
-    unknown = {name for name, _ in found if not name.startswith(ROLE_PREFIX)}
+    unknown = {name for name, _entry in found if not name.startswith(ROLE_PREFIX)}
     assert not unknown, f"{playbook}: roles outside llmops.platform: {unknown}"
     entries = {(name[len(ROLE_PREFIX) :], entry) for name, entry in found}
     # Roles a role calls itself (model_sync reloads vllm_host's instances), from any of its task files.
-    pending = sorted({role for role, _ in entries})
+    pending = sorted({role for role, _entry in entries})
     seen: Set[str] = set()
     while pending:
         role = pending.pop()
@@ -174,7 +174,7 @@ def playbook_variables(playbook: Path) -> Set[str]:
 def role_reads(role: str, variable: str) -> bool:
     """The role uses the variable somewhere other than its defaults and argument specs."""
     pattern = re.compile(rf"\b{re.escape(variable)}\b")
-    return any(pattern.search(text) for _, text in _role_files(role))
+    return any(pattern.search(text) for _path, text in _role_files(role))
 
 
 def _roles() -> List[str]:
@@ -326,7 +326,7 @@ def test_job_templates_take_credentials_their_playbook_uses(awx: Dict[str, Any])
                 problems.append(f"{template['name']}: credential type {name!r} is neither defined nor AWX's own")
     for template in _existing_templates(awx):
         playbook = ROOT / template["playbook"]
-        options, roles = playbook_options(playbook), {role for role, _ in role_entry_points(playbook)}
+        options, roles = playbook_options(playbook), {role for role, _entry in role_entry_points(playbook)}
         for name in template["credential_types"]:
             if name not in custom:
                 continue
