@@ -6,7 +6,7 @@
   llmops_* variable the playbook itself (or a filter it uses) reads;
 - every credential injector feeds a variable a role declares and reads, or an environment variable read through an
   env lookup; every custom credential a job template takes feeds that playbook;
-- the workflow is train -> merge -> deploy staging -> parity gate -> approval -> promote, every node after the merge
+- the workflow is train -> merge -> deploy staging -> preflight -> approval -> promote (parity gate per host), every node after the merge
   has a failure path, and the rollback nodes exist;
 - the inventories are the layouts of inventories/.
 Nothing here talks to AWX: the data is checked against the repository.
@@ -27,11 +27,7 @@ AWX_VARS = ROOT / "awx" / "vars" / "main.yml"
 
 # Playbooks a job template may name before they exist in playbooks/ (written on another branch). A pending
 # playbook's template is checked in full as soon as the file lands; remove it here then.
-PENDING_PLAYBOOKS = frozenset(
-    {
-        "playbooks/hybrid.yml",  # the hybrid layout's parity gate and promotion (issue 11)
-    }
-)
+PENDING_PLAYBOOKS: frozenset = frozenset()
 
 # AWX's own credential types a template may take (the others must be defined in awx/vars/main.yml).
 BUILTIN_CREDENTIAL_TYPES = frozenset({"Machine", "Vault"})
@@ -391,13 +387,13 @@ def test_workflow_train_to_production_with_rollback(awx: Dict[str, Any]) -> None
         ("playbooks/train.yml", "run"),
         ("playbooks/merge.yml", "run"),
         ("playbooks/internal.yml", "run"),  # deploy staging
-        ("playbooks/hybrid.yml", "check"),  # parity gate, promoting nothing
+        ("playbooks/hybrid.yml", "check"),  # preflight, promoting nothing
         ("approval", ""),
         ("playbooks/hybrid.yml", "run"),  # promote to production
     ]
     # Every step after the merge (which restores itself) has a failure path, and it ends in a rollback.
     rollbacks = {"playbooks/restore.yml", "playbooks/promote.yml"}
-    for ident in ("deploy-staging", "parity-gate", "approval", "promote-production"):
+    for ident in ("deploy-staging", "preflight-production", "approval", "promote-production"):
         failure = _edges(nodes[ident], "failure")
         assert failure, f"{ident} has no failure path"
         for target in failure:
