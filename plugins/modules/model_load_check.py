@@ -30,8 +30,8 @@ options:
   checks:
     description:
       - V(config) - C(AutoConfig) loads the config. V(tokenizer) - C(AutoTokenizer) loads the tokenizer and encodes
-        a text. V(architecture) - vLLM's model registry supports one of the config's C(architectures) (imports vLLM:
-        tens of seconds on a CPU).
+        a text. V(architecture) - vLLM's model registry supports one of the config's C(architectures); it imports
+        vLLM, tens of seconds on a CPU.
     type: list
     elements: str
     choices: [config, tokenizer, architecture]

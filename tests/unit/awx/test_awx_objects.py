@@ -6,8 +6,8 @@
   llmops_* variable the playbook itself (or a filter it uses) reads;
 - every credential injector feeds a variable a role declares and reads, or an environment variable read through an
   env lookup; every custom credential a job template takes feeds that playbook;
-- the workflow is train -> merge -> deploy staging -> preflight -> approval -> promote (parity gate per host), every node after the merge
-  has a failure path, and the rollback nodes exist;
+- the workflow is train -> merge -> deploy staging -> preflight -> approval -> promote (parity gate per host),
+  every node after the merge has a failure path, and the rollback nodes exist;
 - the inventories are the layouts of inventories/.
 Nothing here talks to AWX: the data is checked against the repository.
 """
