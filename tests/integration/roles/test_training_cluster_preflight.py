@@ -490,6 +490,24 @@ CASES: Dict[str, Case] = {
         "training_cluster_merge_extra.export_dir",
         "versioned merge",
     ),
+    "a GPU sharing mode the ADR does not have": Case(
+        {"training_cluster_gpu_sharing": {"mode": "mps"}}, "training_cluster_gpu_sharing.mode", "must be one of"
+    ),
+    "two GPUs for a training pod on MIG partitions": Case(
+        {"training_cluster_gpu_sharing": {"mode": "mig"}, "training_cluster_train_gpus": 2},
+        "training_cluster_train_gpus",
+        "one MIG partition",
+    ),
+    "one pool for training and inference": Case(
+        {"training_cluster_gpu_sharing": {"mode": "affinity", "inference_pool": "training"}},
+        "training_cluster_gpu_sharing.inference_pool",
+        "must differ from training_pool",
+    ),
+    "a time-slicing replica count of one": Case(
+        {"training_cluster_gpu_sharing": {"mode": "time_slicing", "replicas": 1}},
+        "training_cluster_gpu_sharing.replicas",
+        "at least 2",
+    ),
 }
 OLD_CASES = 17
 # The cases before the second review: it added at least 30 here (and 20 in test_vllm_k8s_preflight.py). 70 then;
@@ -543,6 +561,11 @@ VALID_CASES: Dict[str, Dict[str, Any]] = {
         "training_cluster_report_to": "none",
         "training_cluster_port_forward_mlflow_port": 7860,
     },
+    "GPU sharing by node affinity": {"training_cluster_gpu_sharing": {"mode": "affinity"}},
+    "GPU sharing by MIG, one partition per pod": {
+        "training_cluster_gpu_sharing": {"mode": "mig", "training_profile": "2g.20gb"},
+        "training_cluster_merge_gpus": 1,
+    },
 }
 
 # Tasks that check variables: a bad case must fail in one of these.
@@ -550,6 +573,7 @@ VARIABLE_CHECKS = (
     "[Validating arguments against arg spec",
     "[Check the LLaMA-Factory variables",
     "[Check every platform variable",
+    "[Check the GPU sharing variables",
 )
 PLAN_TASK = "Check "  # both plan tasks: their failure message starts with the variable
 HOSTS = case_hosts([*CASES, *VALID_CASES])

@@ -433,6 +433,29 @@ CASES: Dict[str, Case] = {
         {"vllm_k8s_kubectl_binary": "kubectl --context prod"}, "vllm_k8s_kubectl_binary", "whitespace"
     ),
     "a gate with no time to load a completion": Case({"vllm_k8s_gate_timeout": 3}, "vllm_k8s_gate_timeout", "10"),
+    "a GPU sharing mode the ADR does not have": Case(
+        {"vllm_k8s_gpu_sharing": {"mode": "vgpu"}}, "vllm_k8s_gpu_sharing.mode", "must be one of"
+    ),
+    "tensor parallel 2 on MIG partitions": Case(
+        {"vllm_k8s_gpu_sharing": {"mode": "mig"}, "vllm_k8s_server": {"tensor_parallel_size": 2}},
+        "vllm_k8s_gpus",
+        "one MIG partition",
+    ),
+    "a MIG profile in capitals": Case(
+        {"vllm_k8s_gpu_sharing": {"mode": "mig", "inference_profile": "1G.10GB"}},
+        "vllm_k8s_gpu_sharing.inference_profile",
+        "MIG profile",
+    ),
+    "GPU preemption in helm mode": Case(
+        {
+            "vllm_k8s_gpu_sharing": {"mode": "preemption"},
+            "vllm_k8s_mode": "helm",
+            "vllm_k8s_apply": False,
+            "vllm_k8s_pod_security_level": "baseline",
+        },
+        "vllm_k8s_gpu_sharing.mode",
+        "needs vllm_k8s_mode manifests",
+    ),
 }
 OLD_CASES = 19
 # The cases before the second review: it added at least 20 here (and 30 in test_training_cluster_preflight.py).
@@ -498,10 +521,19 @@ VALID_CASES: Dict[str, Dict[str, Any]] = {
         "vllm_k8s_pod_security_level": "baseline",
         "vllm_k8s_pod_security_version": "v1.31",
     },
+    "GPU sharing by time-slicing": {"vllm_k8s_gpu_sharing": {"mode": "time_slicing", "replicas": 2}},
+    "GPU sharing by preemption, inference wins": {
+        "vllm_k8s_gpu_sharing": {"mode": "preemption", "winner": "inference"}
+    },
 }
 
 # Tasks that check variables: a bad case must fail in one of these.
-VARIABLE_CHECKS = ("[Validating arguments against arg spec", "[Check every variable", "[Require the helm binary")
+VARIABLE_CHECKS = (
+    "[Validating arguments against arg spec",
+    "[Check every variable",
+    "[Require the helm binary",
+    "[Require manifests mode for GPU preemption",
+)
 PLAN_TASK = "Check every variable"  # its failure message starts with the variable
 HOSTS = case_hosts([*CASES, *VALID_CASES])
 
