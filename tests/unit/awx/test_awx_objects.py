@@ -32,8 +32,9 @@ PENDING_PLAYBOOKS: frozenset = frozenset()
 # AWX's own credential types a template may take (the others must be defined in awx/vars/main.yml).
 BUILTIN_CREDENTIAL_TYPES = frozenset({"Machine", "Vault"})
 
-# inventories/ directories that are no AWX inventory: demo's hosts are test containers made by `make demo`.
-NOT_AWX_INVENTORIES = frozenset({"demo"})
+# inventories/ directories that are no AWX inventory: demo's hosts are test containers made by `make demo`;
+# cost-example describes the ADR's example fleet for the cost report, not hosts to run anything on.
+NOT_AWX_INVENTORIES = frozenset({"demo", "cost-example"})
 
 ROLE_PREFIX = "llmops.platform."
 INCLUDE_KEYS = ("include_role", "import_role", "ansible.builtin.include_role", "ansible.builtin.import_role")
