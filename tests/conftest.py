@@ -45,8 +45,8 @@ def pytest_configure(config: pytest.Config) -> None:
             )
 
 
-# Wall seconds of the slow test files, as the integration stage (2 workers on a 2-CPU machine) measured them (`--durations` in the
-# integration stage's output prints the current figures), and of each molecule scenario (tests/molecule runs
+# Wall seconds of the slow test files, as the integration stage (2 workers on a 2-CPU machine) measured them
+# (`--durations` in its output prints the current figures), and of each molecule scenario (tests/molecule runs
 # each as one test). Files run longest first so that with pytest-xdist (tests/run_all.sh) the long ones start at
 # once on different workers and the short ones fill the gaps at the end; what is not listed counts as short.
 # Only the order of files changes: tests inside a file keep their order (several files run their cases in
