@@ -64,7 +64,7 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     return proc
 
 
-def run_playbook(out: Path, *args: str) -> subprocess.CompletedProcess:
+def run_playbook(out: Path, *args: str, inventory: Path = INVENTORY, rc: int = 0) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
@@ -79,10 +79,10 @@ def run_playbook(out: Path, *args: str) -> subprocess.CompletedProcess:
         "vllm_host_api_key": SECRET,
         "ansible_python_interpreter": sys.executable,
     }
-    command = ["ansible-playbook", "-i", str(INVENTORY), str(ROOT / "playbooks" / "monitoring.yml")]
+    command = ["ansible-playbook", "-i", str(inventory), str(ROOT / "playbooks" / "monitoring.yml")]
     command += ["-e", json.dumps(extra), *args]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == rc, proc.stdout[-4000:] + proc.stderr[-2000:]
     return proc
 
 
@@ -299,3 +299,25 @@ def test_both_layouts_label_series_alike(out: Path) -> None:
     assert not validate.validate_manifest(dcgm)
     gpu = relabel(dcgm["spec"]["endpoints"][0]["relabelings"], {"__meta_kubernetes_pod_node_name": "gpu-1"})
     assert gpu == {"job": "dcgm", "layout": "internal", "instance": "gpu-1", "host": "gpu-1"}
+
+
+def test_plain_http_hosts_cpu_hosts_and_a_bad_threshold(tmp_path: Path) -> None:
+    """A host without the TLS front is scraped over http, a CPU host gets no dcgm target, and a threshold that cannot
+    be one fails before anything is written, naming the variable."""
+    inventory = tmp_path / "hosts.yml"
+    hosts = {
+        "cpu-1": {"ansible_host": "10.0.0.5", "vllm_host_profile": "cpu", "vllm_host_tls": False},
+        "gpu-1": {"ansible_host": "10.0.0.6", "vllm_host_instances": [{"name": "x", "port": 9000}]},
+    }
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"vllm_hosts": {"hosts": hosts}}}}))
+    out = tmp_path / "out"
+    failed = run_playbook(out, "-e", "vllm_monitoring_kv_cache_threshold=90", inventory=inventory, rc=2)
+    assert "vllm_monitoring_kv_cache_threshold" in failed.stdout and not out.exists()
+    run_playbook(out, inventory=inventory)
+    targets = json.loads((out / "external" / "file_sd" / "vllm.json").read_text())
+    assert [(t["targets"], t["labels"]["__scheme__"], t["labels"]["instance"]) for t in targets] == [
+        (["10.0.0.5:8000"], "http", "cpu-1:8000"),
+        (["10.0.0.6:9000"], "https", "gpu-1:9000"),
+    ]
+    dcgm = json.loads((out / "external" / "file_sd" / "dcgm.json").read_text())
+    assert [t["targets"] for t in dcgm] == [["10.0.0.6:9400"]]
