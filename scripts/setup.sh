@@ -68,6 +68,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# promtool (tests/integration/test_monitoring.py checks the generated alert rules, their unit tests, the dashboard's
+# queries and the scrape configuration with it): only the binary out of Debian's prometheus package, so that no
+# Prometheus server gets installed or started on the controller.
+if ! command -v promtool >/dev/null; then
+    llmops_log "installing promtool (from Debian's prometheus package)"
+    promtool_tmp=$(mktemp -d)
+    chmod 0755 "$promtool_tmp"
+    (cd "$promtool_tmp" && { apt-get download -qq prometheus 2>/dev/null ||
+        { apt-get update -qq && apt-get download -qq prometheus 2>/dev/null; }; })
+    dpkg-deb --fsys-tarfile "$promtool_tmp"/prometheus_*.deb | tar -x -C "$promtool_tmp" ./usr/bin/promtool
+    install -m 0755 "$promtool_tmp/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$promtool_tmp"
+fi
+
 # ansible-test sanity --venv downloads a pip bootstrap script from a host outside PyPI; give it ours.
 get_pip_version=$(grep -ohP "^\s+pip='\K[0-9.]+" \
     "$LLMOPS_TOOLS_VENV"/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py)

@@ -92,6 +92,22 @@ CUSTOM_SCHEMAS: Dict[str, Dict[str, Any]] = {
                                 "honorLabels": {"type": "boolean"},
                                 "authorization": {"type": "object"},
                                 "bearerTokenSecret": {"type": "object"},
+                                "relabelings": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "sourceLabels": {"type": "array", "items": {"type": "string"}},
+                                            "separator": {"type": "string"},
+                                            "targetLabel": {"type": "string"},
+                                            "regex": {"type": "string"},
+                                            "modulus": {"type": "integer"},
+                                            "replacement": {"type": "string"},
+                                            "action": {"type": "string"},
+                                        },
+                                    },
+                                },
                             },
                         },
                     },
