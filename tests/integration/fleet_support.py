@@ -40,6 +40,14 @@ class Fleet:
         # More inventory sources (e.g. a directory with group_vars/host_vars), after the generated ones.
         self.inventories: List[Path] = []
 
+    def add_group_vars(self, group: str, values: Dict[str, Any]) -> None:
+        """One more inventory source after the others: group_vars for `group` (they win over the demo inventory's)."""
+        inventory = self.state / f"group-vars-{len(self.inventories)}"
+        (inventory / "group_vars").mkdir(parents=True, exist_ok=True)
+        (inventory / "hosts.yml").write_text(json.dumps({group: {"hosts": {}}}))
+        (inventory / "group_vars" / f"{group}.yml").write_text(json.dumps(values))
+        self.inventories.append(inventory)
+
     @property
     def ca(self) -> Path:
         return self.state / "tls" / "ca.pem"

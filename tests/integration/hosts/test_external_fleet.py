@@ -61,6 +61,9 @@ def fleet():
         assert settings.get("llmops_rollout_batch") == 1, (
             f"inventories/prod no longer rolls one host at a time: {settings}"
         )
+        # About rollouts, the front and the watchdog: the load check before a switch is tested elsewhere
+        # (tests/integration/test_model_load_check.py, the hybrid promotion of tests/k8s/test_internal_layout.py).
+        settings["model_sync_load_check"] = False
         (inventory / "group_vars" / "vllm_hosts.yml").write_text(yaml.safe_dump(settings))
         fleet.inventories.append(inventory)
         yield fleet

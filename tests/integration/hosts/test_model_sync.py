@@ -45,9 +45,14 @@ def answer(fleet: Fleet) -> str:
 
 @pytest.fixture(scope="module")
 def fleet():
-    yield from booted_fleet(
+    for fleet in booted_fleet(
         "msync", {"vllm_hosts": [HOST]}, wheelhouse=True, env={"LLMOPS_DEMO_API_KEY": KEY}, vllm_layer=True
-    )
+    ):
+        # This file is about the store, its lock, copies and rollback. The serving side's load check before each
+        # switch (tests/integration/test_model_load_check.py; on a host in the hybrid promotion of
+        # tests/k8s/test_internal_layout.py) costs about 10 s of CPU per switch here (transformers imports torch).
+        fleet.add_group_vars("vllm_hosts", {"model_sync_load_check": False})
+        yield fleet
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,9 @@ CASES: Dict[str, Case] = {
     "drain hook that does not exist": Case(
         {"vllm_host_drain_tasks": "/nonexistent/drain.yml"}, "vllm_host_drain_tasks", "does not exist"
     ),
+    "gate hook that does not exist": Case(
+        {"vllm_host_gate_tasks": "/nonexistent/parity.yml"}, "vllm_host_gate_tasks", "does not exist"
+    ),
     "instances not a list": Case({"vllm_host_instances": 5}, "vllm_host_instances"),
     "instance without name": Case(insts({"port": 8000}), "vllm_host_instances[0].name"),
     "instance name with spaces": Case(insts({"name": "Main Server"}), "vllm_host_instances[0].name"),
@@ -457,7 +460,7 @@ HOST_CHECKS = ("[Require systemd", "[Require an active NVIDIA fabric manager")
 VARIABLE_CHECKS = (
     "[Validating arguments against arg spec",
     "[Check every variable and plan the instances",
-    "[Require the drain hooks to exist",
+    "[Require the drain and gate hooks to exist",
     "[Require enough GPUs for every instance's parallelism",
 )
 PLAN_TASK = "Check every variable"  # its failure message starts with the variable
