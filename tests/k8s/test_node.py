@@ -661,7 +661,14 @@ def test_the_rollout_wait_follows_a_good_rollout_and_fails_fast_on_a_crash_loop(
     (www / "ok").write_text("ok\n")
     good = {
         **http_server(www),
-        "readinessProbe": {"httpGet": {"path": "/ok", "port": "http"}, "periodSeconds": 1},
+        # Generous timeout and threshold: on a loaded CI machine a 1 s probe of the old pod timed out three times
+        # in a row, and the check below (the old pod kept serving) failed for a reason that is not the rollout's.
+        "readinessProbe": {
+            "httpGet": {"path": "/ok", "port": "http"},
+            "periodSeconds": 1,
+            "timeoutSeconds": 5,
+            "failureThreshold": 30,
+        },
     }
     web = {**deployment("web", good), "metadata": {"name": "web", "namespace": ns}}
     web["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
