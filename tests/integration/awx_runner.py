@@ -76,6 +76,13 @@ class Job:
     files: Dict[str, Path] = field(default_factory=dict)
 
 
+def write_private(path: Path, text: str) -> None:
+    """A new file only its owner can read (what AWX writes into a job's private data directory)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
 def render(value: Any, context: Dict[str, Any]) -> Any:
     if isinstance(value, str):
         # Injector values go into variable files and the environment, never into HTML: nothing to escape.
@@ -117,9 +124,7 @@ def launch(
         filenames: Dict[str, str] = {}
         for key, content in (injectors.get("file") or {}).items():
             path = private / f"cred-{len(files)}-{key.split('.', 1)[1]}"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(render(content, context))
+            write_private(path, render(content, context))
             files[key] = path
             filenames[key.split(".", 1)[1]] = str(path)
         context["tower"] = {"filename": filenames}
@@ -127,19 +132,16 @@ def launch(
             envvars[key] = render(value, context)
         for key, value in (injectors.get("extra_vars") or {}).items():
             extravars[key] = render(value, context)
-    for name_, data in (("extravars", extravars), ("envvars", envvars)):
-        path = private / "env" / name_
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-    cmdline = "--check" if job_type == "check" else ""
+    # The job's environment: where this checkout keeps ansible.cfg and the collections (AWX: the EE's), then the
+    # credentials' env injectors.
     runner_env = {
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
         "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".collections"),
         "ANSIBLE_NOCOLOR": "1",
     }
-    (private / "env" / "envvars").write_text(json.dumps({**runner_env, **envvars}))
-    (private / "env" / "envvars").chmod(0o600)
+    write_private(private / "env" / "extravars", json.dumps(extravars))
+    write_private(private / "env" / "envvars", json.dumps({**runner_env, **envvars}))
+    cmdline = "--check" if job_type == "check" else ""
     result = ansible_runner.run(
         private_data_dir=str(private),
         project_dir=str(ROOT),
