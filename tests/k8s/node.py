@@ -28,19 +28,21 @@ It polls the emulator (tests/k8s/emulator.py) over plain HTTP every half second 
   grace period; postStart hooks are not run), status
   through the status subresource, logs in ``<pod-log-dir>/<ns>/<pod>.log`` (the emulator serves
   them as the pods' log subresource).
-* **Services** (ClusterIP with a selector): a userspace proxy (kube-proxy's old mode): a virtual IP
-  per Service from 10.96.<m>.0/24 on a dummy interface, a TCP listener per port that forwards each
-  connection to a ready pod. Pods resolve ``svc``, ``svc.ns``, ``svc.ns.svc`` and
-  ``svc.ns.svc.cluster.local`` through their own /etc/hosts (``/etc/netns/<netns>/hosts``). Service
-  objects are never modified: the addresses are in ``<state-dir>/services.json``
-  (``service_address()``).
+* **Services** (ClusterIP): a userspace proxy (kube-proxy's old mode): a virtual IP per Service from
+  10.96.<m>.0/24 on a dummy interface, a TCP listener per port that forwards each connection to a
+  ready pod (a Service with a selector) or to a ready address of the Service's EndpointSlices (a Service
+  without one, e.g. pointing at hosts outside the cluster; the node publishes no EndpointSlices itself).
+  Pods resolve ``svc``, ``svc.ns``, ``svc.ns.svc`` and ``svc.ns.svc.cluster.local`` through their own
+  /etc/hosts (``/etc/netns/<netns>/hosts``). Service objects are never modified: the addresses are in
+  ``<state-dir>/services.json`` (``service_address()``).
 * a Node object ``llmops-test-node`` (Ready, with GPU labels) for realism.
 
 What it does NOT do: scheduling (it has every label and takes every pod; nodeSelector, tolerations,
 affinity, resources and GPUs are not enforced), securityContext (everything runs as root, with the
 host's root filesystem: there are no images; ``--images`` maps image references to local software),
 PID/IPC isolation, NetworkPolicy, DNS servers, headless/ExternalName Services, UDP, Endpoints
-objects, ReplicaSets, StatefulSets, DaemonSets, CronJobs, indexed Jobs, pod failure policies, events.
+objects, an EndpointSlice controller (it reads EndpointSlices, never writes them), ReplicaSets,
+StatefulSets, DaemonSets, CronJobs, indexed Jobs, pod failure policies, events.
 See docs/kubernetes-testing.md, "The test node".
 
 CLI (run with the tools virtualenv's Python, as root)::
@@ -364,6 +366,7 @@ class Snapshot:
     jobs: List[Dict[str, Any]]
     deployments: List[Dict[str, Any]]
     services: List[Dict[str, Any]]
+    endpointslices: List[Dict[str, Any]]
     configmaps: Dict[Tuple[str, str], Dict[str, Any]]
     secrets: Dict[Tuple[str, str], Dict[str, Any]]
     pvcs: Dict[Tuple[str, str], Dict[str, Any]]
@@ -378,6 +381,7 @@ class Snapshot:
             jobs=api.items("/apis/batch/v1/jobs"),
             deployments=api.items("/apis/apps/v1/deployments"),
             services=api.items("/api/v1/services"),
+            endpointslices=api.items("/apis/discovery.k8s.io/v1/endpointslices"),
             configmaps=keyed("/api/v1/configmaps"),
             secrets=keyed("/api/v1/secrets"),
             pvcs=keyed("/api/v1/persistentvolumeclaims"),
@@ -600,11 +604,14 @@ class ServicePort:
     selector: Dict[str, str]
     port: int
     target: Any  # a number or a container port's name
+    name: str = ""  # the port's name (EndpointSlice ports are matched by it)
 
 
 class ServiceProxy:
-    """kube-proxy's userspace mode: a VIP per Service, a TCP listener per port, one ready pod per
-    connection (round robin). No ready endpoint, or the pod refuses: the connection is closed."""
+    """kube-proxy's userspace mode: a VIP per Service, a TCP listener per port, one ready endpoint per
+    connection (round robin). A Service with a selector leads to its ready pods; one without a selector to the
+    ready endpoints of the EndpointSlices labelled kubernetes.io/service-name with its name (as kube-proxy: the
+    slice's port whose name is the Service port's). No ready endpoint, or it refuses: the connection is closed."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -613,6 +620,7 @@ class ServiceProxy:
         self.listeners: Dict[Tuple[str, int], Tuple[asyncio.AbstractServer, ServicePort]] = {}
         self._round_robin = 0
         self._connections: set = set()
+        self.slices: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
 
     def _allocate_vip(self) -> str:
         used = set(self.vips.values())
@@ -622,9 +630,14 @@ class ServiceProxy:
                 return vip
         raise RuntimeError("the node's Service range is full")
 
-    async def update(self, services: List[Dict[str, Any]]) -> bool:
-        """Follow the Services; True when the VIP table changed (hosts files and services.json)."""
+    async def update(self, services: List[Dict[str, Any]], slices: Optional[List[Dict[str, Any]]] = None) -> bool:
+        """Follow the Services and EndpointSlices; True when the VIP table changed (hosts files and services.json)."""
         before = self.table()
+        self.slices = {}
+        for item in slices or []:
+            owner = ((item.get("metadata") or {}).get("labels") or {}).get("kubernetes.io/service-name")
+            if owner:
+                self.slices.setdefault((item["metadata"]["namespace"], owner), []).append(item)
         wanted: Dict[Tuple[str, int], ServicePort] = {}
         present = set()
         for svc in services:
@@ -644,7 +657,7 @@ class ServiceProxy:
                 ports[str(port.get("name") or number)] = number
                 target = port.get("targetPort", number)
                 wanted[(self.vips[key], number)] = ServicePort(
-                    key[0], key[1], spec.get("selector") or {}, number, target
+                    key[0], key[1], spec.get("selector") or {}, number, target, str(port.get("name") or "")
                 )
             self.ports[key] = ports
         for key in [k for k in self.vips if k not in present]:
@@ -676,10 +689,19 @@ class ServiceProxy:
         }
 
     def endpoints(self, service_port: ServicePort) -> List[Tuple[str, int]]:
-        """Ready, not terminating pods of the Service's namespace matching its selector."""
+        """Ready, not terminating pods of the Service's namespace matching its selector; without a selector, the
+        ready addresses of its EndpointSlices, at the slice's port of the same name."""
         found = []
         if not service_port.selector:
-            return found
+            for item in self.slices.get((service_port.namespace, service_port.service), []):
+                ports = [p for p in item.get("ports") or [] if str(p.get("name") or "") == service_port.name]
+                if not ports or ports[0].get("port") is None or (ports[0].get("protocol") or "TCP") != "TCP":
+                    continue
+                for entry in item.get("endpoints") or []:
+                    if (entry.get("conditions") or {}).get("ready") is False:
+                        continue
+                    found.extend((address, int(ports[0]["port"])) for address in entry.get("addresses") or [])
+            return sorted(found)
         for runtime in self.node.runtimes.values():
             if runtime.namespace != service_port.namespace or runtime.terminating or not runtime.ip:
                 continue
@@ -1982,7 +2004,7 @@ class Node:
         self.proxy = ServiceProxy(self)
         self.controllers = Controllers(self)
         self.runtimes: Dict[str, PodRuntime] = {}
-        self.snapshot = Snapshot({}, [], [], [], {}, {}, {})
+        self.snapshot = Snapshot({}, [], [], [], [], {}, {}, {})
         self.stop = asyncio.Event()
         self._log = open(self.state_dir / "node.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
         self._api_down = False
@@ -2153,7 +2175,7 @@ class Node:
             if uid not in self.runtimes and self.owns(pod) and pod_phase(pod) not in TERMINAL:
                 self.runtimes[uid] = PodRuntime(self, pod)
                 self.log(f"pod {pod['metadata']['namespace']}/{pod['metadata']['name']} accepted")
-        if await self.proxy.update(snap.services):
+        if await self.proxy.update(snap.services, snap.endpointslices):
             write_json_atomic(self.state_dir / "services.json", self.proxy.table())
         for runtime in self.runtimes.values():
             runtime.write_hosts()

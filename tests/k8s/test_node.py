@@ -481,6 +481,62 @@ def test_a_deployment_serves_through_its_service_rolls_and_scales(cluster: Clust
     with pytest.raises(OSError):  # no ready endpoint: the proxy closes the connection
         NO_PROXY.open(f"http://{vip}/hello.txt", timeout=5).read()
 
+    # A Service without selector follows its EndpointSlices (the stable endpoint pointed at hosts outside the
+    # cluster, role vllm_endpoint): here a real server on the host, outside every pod.
+    outside = tmp_path / f"outside-{uuid.uuid4().hex[:8]}"
+    outside.mkdir()
+    (outside / "hello.txt").write_text("hello from outside\n")
+    port = emu.free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(outside)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        api.create(f"/api/v1/namespaces/{ns}/services", {
+            "metadata": {"name": "outside"}, "spec": {"ports": [{"name": "api", "port": 80, "targetPort": 80}]},
+        })  # fmt: skip
+        endpoint_slice = {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "outside-1", "labels": {"kubernetes.io/service-name": "outside"}},
+            "addressType": "IPv4", "ports": [{"name": "api", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+        }  # fmt: skip
+        slices = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
+        api.create(slices, endpoint_slice)
+        table = cluster.state_dir / "services.json"
+        wait_for("the outside Service", lambda: f"{ns}/outside" in json.loads(table.read_text()))
+        out_vip, _ports = node.service_address(cluster.state_dir, ns, "outside")
+
+        def fetch_outside() -> bytes:
+            with NO_PROXY.open(f"http://{out_vip}/hello.txt", timeout=5) as response:
+                return response.read()
+
+        def answered() -> bool:
+            try:
+                return fetch_outside() == b"hello from outside\n"
+            except OSError:
+                return False
+
+        wait_for("traffic through the slice", answered)
+        # Not ready, then gone: no endpoint, the connection is closed.
+        endpoint_slice["endpoints"][0]["conditions"]["ready"] = False
+        emu.request(
+            api.url,
+            "PUT",
+            f"{slices}/outside-1",
+            {**endpoint_slice, "metadata": api.get(f"{slices}/outside-1")["metadata"]},
+        )
+        time.sleep(3)
+        with pytest.raises(OSError):
+            fetch_outside()
+        emu.request(api.url, "DELETE", f"{slices}/outside-1")
+        time.sleep(2)
+        with pytest.raises(OSError):
+            fetch_outside()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
 
 def test_recreate_stops_the_old_pod_before_starting_the_new_one(cluster: Cluster, tmp_path: Path) -> None:
     """One writer of shared state (training_cluster's Deployments): never two servers at once."""
