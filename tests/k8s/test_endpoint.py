@@ -1,14 +1,14 @@
 """The stable in-cluster endpoint (playbooks/endpoint.yml, role vllm_endpoint) on the Kubernetes API emulator.
 
-One Service, `vllm-api`, that in-cluster clients use whichever side serves: pointed at the in-cluster Deployment's
-pods (target internal: the selector and target port of its Service `vllm`), then flipped to the external hosts'
-fronts of an inventory (target external: no selector, EndpointSlices listing every instance), then rolled back. The
-Service and the EndpointSlices are read from the emulator before and after every flip and validated strictly against
-three Kubernetes releases; check mode predicts the flip and writes nothing; each target re-applied changes nothing;
-a flip that changes the scheme clients use, an in-cluster side with no Ready pod and a front that is no address are
-refused before anything is written. What the emulator cannot show (no kube-proxy, no EndpointSlice controller):
-traffic following the flip; tests/k8s/test_node.py's ServiceProxy follows the same EndpointSlices with real
-connections.
+One Service, `vllm-api`, that in-cluster clients use whichever side serves: pointed at the in-cluster
+Deployment's pods (target internal: the selector and target port of its Service `vllm-inference`), then flipped to
+the external hosts' fronts of an inventory (target external: no selector, EndpointSlices listing every instance),
+then rolled back. The Service and the EndpointSlices are read from the emulator before and after every flip and
+validated strictly against three Kubernetes releases; check mode predicts the flip and writes nothing; each target
+re-applied changes nothing; a flip that changes the scheme clients use, an in-cluster side with no Ready pod and a
+front that is no address are refused before anything is written. What the emulator cannot show (no kube-proxy, no
+EndpointSlice controller): traffic following the flip; tests/k8s/test_node.py's ServiceProxy follows the same
+EndpointSlices with real connections, and tests/k8s/test_internal_layout.py's migration sends traffic through it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from k8s_harness import run_playbook  # noqa: E402
 NS = "llm-training"
 SERVICES = f"/api/v1/namespaces/{NS}/services"
 SLICES = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"
-SELECTOR = {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": "vllm"}
+SELECTOR = {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": "vllm-inference"}
 HOSTS = {
     "gpu-1": {"ansible_host": "10.20.0.11"},
     "gpu-2": {
@@ -47,7 +47,7 @@ def cluster(emulator) -> None:
         emulator.url, "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
     )
     emu.request(emulator.url, "POST", SERVICES, {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "vllm", "namespace": NS},
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "vllm-inference", "namespace": NS},
         "spec": {"selector": SELECTOR, "ports": [{"name": "http", "port": 8000, "targetPort": "http"}]},
     })  # fmt: skip
     emu.request(emulator.url, "POST", f"/api/v1/namespaces/{NS}/pods", {
@@ -132,7 +132,7 @@ def test_flip_to_the_external_fronts_and_back(k8s_emulator, tmp_path: Path) -> N
     }
     assert external["service_names"] == ["vllm-api", "vllm-api"]
     # The in-cluster side is untouched (kept for rollback).
-    assert em.get(f"{SERVICES}/vllm")["spec"]["selector"] == SELECTOR
+    assert em.get(f"{SERVICES}/vllm-inference")["spec"]["selector"] == SELECTOR
     same = endpoint(em, tmp_path, "external", vllm_endpoint_allow_scheme_change=True)
     assert same.rc == 0 and same.stats["changed"] == 0, same.output[-2000:]
 
@@ -154,7 +154,8 @@ def test_flip_to_the_external_fronts_and_back(k8s_emulator, tmp_path: Path) -> N
         ({"vllm_endpoint_external_endpoints": [{"address": "gpu-1.example.com", "port": 8000, "host": "gpu-1"}]},
          "vllm_endpoint_external_endpoints[0]"),
         # The in-cluster Deployment's own Service is never taken over (gates and port-forwards use it).
-        ({"vllm_endpoint_name": "vllm", "vllm_endpoint_internal_service": "vllm-engine"}, "vllm_endpoint_name"),
+        ({"vllm_endpoint_name": "vllm-inference", "vllm_endpoint_internal_service": "vllm-engine"},
+         "vllm_endpoint_name"),
     ],
 )  # fmt: skip
 def test_bad_values_are_refused_before_anything_is_written(
@@ -165,4 +166,4 @@ def test_bad_values_are_refused_before_anything_is_written(
     assert run.rc != 0 and run.stats.get("changed", 0) == 0, run.output[-2000:]
     assert any(variable in m for m in run.failures()), run.failures()
     assert k8s_emulator.items(SLICES) == []
-    assert [s["metadata"]["name"] for s in k8s_emulator.items(SERVICES)] == ["vllm"]
+    assert [s["metadata"]["name"] for s in k8s_emulator.items(SERVICES)] == ["vllm-inference"]

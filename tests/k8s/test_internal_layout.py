@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import node as test_node  # noqa: E402
 from browser import page_dom  # noqa: E402
 from internal_layout import (  # noqa: E402
     API_KEY,
@@ -411,6 +413,109 @@ def test_hybrid_refuses_a_model_changed_on_the_share_after_staging_validated_it(
     assert record["digest"][:16] in failure or record["digest"] in failure, failure
     assert production.current() == before
     assert production.answer(PROD_KEY, model=SERVED_NAME)
+
+
+# -- migration (playbooks/migrate.yml): the in-cluster vLLM's traffic moved to the production host and back ---------
+ENDPOINT = "vllm-api"
+
+
+def migrate(cluster, production, phase: str, name: str = "", **extra):
+    """migrate.yml as an operator runs it (direction to_external: the hybrid layout's cluster -> hosts)."""
+    extra = {"vllm_migration_phase": phase, "vllm_migration_direction": "to_external",
+             "vllm_migration_report_dir": str(production.state / "migration"), **extra}  # fmt: skip
+    started = time.monotonic()
+    rc, output, report = production.playbook("migrate.yml", **extra)
+    stage = Stage(name or f"migrate.yml {phase}", ["ansible-playbook", "playbooks/migrate.yml"], rc,
+                  time.monotonic() - started, report, output)  # fmt: skip
+    cluster.stages.append(stage)
+    for secret in (*SECRETS, PROD_KEY):
+        assert secret not in output, f"{stage.name} printed a key"
+    return stage
+
+
+def endpoint_state(cluster) -> dict:
+    svc = cluster.get(f"/api/v1/namespaces/{NAMESPACE}/services/{ENDPOINT}")
+    slices = cluster.items(f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices")
+    return {
+        "selector": svc["spec"].get("selector"),
+        "fronts": sorted(
+            f"{a}:{s['ports'][0]['port']}" for s in slices for e in s["endpoints"] for a in e["addresses"]
+        ),
+    }
+
+
+def through_the_endpoint(cluster, production) -> str:
+    """GET /v1/models through the stable endpoint's cluster IP on the test node (its proxy follows the Service's
+    selector or EndpointSlices), TLS verified with the fleet's CA for the production host's name."""
+    ip, ports = test_node.service_address(cluster.k8s, NAMESPACE, ENDPOINT)
+    context = ssl.create_default_context(cafile=str(production.ca))
+    request = (
+        f"GET /v1/models HTTP/1.1\r\nHost: {ENDPOINT}\r\nAuthorization: Bearer {PROD_KEY}\r\nConnection: close\r\n\r\n"
+    )
+    answer = b""
+    raw = socket.create_connection((ip, ports["api"]), timeout=30)
+    with context.wrap_socket(raw, server_hostname=PROD_HOST) as tls:
+        tls.sendall(request.encode())
+        while chunk := tls.recv(65536):
+            answer += chunk
+    return answer.decode(errors="replace")
+
+
+def test_migration_to_the_hosts_gated_cut_over_soaked_and_rolled_back(cluster, production):
+    """The stable endpoint first leads to the in-cluster vLLM. prepare (hybrid.yml's gated promotion) -> a parallel
+    run whose sides differ (production's inventory declares another context length) fails and blocks the cutover ->
+    a passing parallel run with its report (agreement, latency, throughput, KV cache of both sides) -> cutover: the
+    endpoint's Service and EndpointSlices before and after, traffic through it reaching the host, the in-cluster
+    Deployment stopped but kept -> cleanup refused inside the soak window -> rollback: the in-cluster vLLM back and
+    gated, the endpoint back on it."""
+    first = cluster.playbook("endpoint.yml (internal)", "playbooks/endpoint.yml", "-e", "vllm_endpoint_target=internal",
+                             "-e", f"vllm_endpoint_internal_service={VLLM_NAME}")  # fmt: skip
+    require_ok(first)
+    before = endpoint_state(cluster)
+    assert before == {"selector": {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": VLLM_NAME},
+                      "fronts": []}, before  # fmt: skip
+
+    require_ok(migrate(cluster, production, "prepare"))
+    server = {k: v for k, v in TEST_NODE_VARS["vllm_k8s_server"].items() if k != "device"}
+    differ = migrate(cluster, production, "parallel", "migrate.yml parallel (sides differ)",
+                     vllm_host_server_defaults={**server, "max_model_len": 128})  # fmt: skip
+    assert differ.rc != 0 and "--max-model-len" in " ".join(differ.failures()), differ.failures()
+    blocked = migrate(cluster, production, "cutover", vllm_migration_allow_scheme_change=True)
+    assert blocked.rc != 0 and "parallel-failed" in " ".join(blocked.failures()), blocked.failures()
+    assert endpoint_state(cluster) == before, "a blocked cutover moved the endpoint"
+
+    passed = migrate(cluster, production, "parallel")
+    require_ok(passed)
+    report = json.loads((production.state / "migration" / "parallel-run.json").read_text())
+    assert report["passed"] and len(report["external"]) == 1, report
+    side, internal = report["external"][0], report["internal"]
+    assert side["agreement"] == 1.0 and side["compared"] >= 16 and side["digest"] == internal["digest"], side
+    assert side["figures"]["latency_ms"]["p95"] and side["baseline_figures"]["output_tokens_per_second"], side
+    for load in (side["load"], internal["load"]):
+        assert load["kv_cache_usage"] is not None and load["generation_tokens_total"] > 0, load
+    assert "agreement" in (production.state / "migration" / "parallel-run.md").read_text()
+
+    cut = migrate(cluster, production, "cutover", vllm_migration_allow_scheme_change=True)
+    require_ok(cut)
+    after = endpoint_state(cluster)
+    assert after == {"selector": None, "fronts": [f"{production.addresses[PROD_HOST]}:8000"]}, after
+    assert through_the_endpoint(cluster, production).startswith("HTTP/1.1 200"), "the endpoint does not reach the host"
+    wait_for("the in-cluster vLLM stopped", lambda: cluster.pods("app.kubernetes.io/name=vllm") == [], timeout=180)
+    assert cluster.deployment(VLLM_NAME)["spec"]["replicas"] == 0, "the in-cluster vLLM must be kept, stopped"
+    record = cluster.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/vllm-migration")["data"]
+    assert record["phase"] == "cut-over" and record["cutover_at"], record
+
+    soak = migrate(cluster, production, "cleanup")
+    assert soak.rc != 0 and "soak window" in " ".join(soak.failures()), soak.failures()
+    assert cluster.deployment(VLLM_NAME), "cleanup inside the soak window removed the in-cluster vLLM"
+
+    back = migrate(cluster, production, "rollback", vllm_migration_allow_scheme_change=True)
+    require_ok(back)
+    assert endpoint_state(cluster) == before
+    assert staging_answer(cluster, "After the rollback") == production.answer(
+        PROD_KEY, prompt="After the rollback", model=SERVED_NAME
+    )
+    assert cluster.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/vllm-migration")["data"]["phase"] == "rolled-back"
 
 
 def visible_text(dom: str) -> str:

@@ -111,7 +111,8 @@ def role_entry_points(playbook: Path) -> Set[Tuple[str, str]]:
     for play in _load_yaml(playbook) or []:
         if "import_playbook" in play or "ansible.builtin.import_playbook" in play:
             target = play.get("import_playbook") or play.get("ansible.builtin.import_playbook")
-            found |= role_entry_points(playbook.parent / target)
+            # Its entry points come back without the collection prefix.
+            found |= {(ROLE_PREFIX + role, entry) for role, entry in role_entry_points(playbook.parent / target)}
             continue
         for role in play.get("roles") or []:
             name = role if isinstance(role, str) else role.get("role") or role.get("name")
