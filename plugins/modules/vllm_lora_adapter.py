@@ -14,7 +14,7 @@ description:
     another path is unloaded and loaded again from O(path). After a change it reads C(/v1/models) again and
     fails unless the adapter is (or is no longer) listed.
   - The server must have been started with C(--enable-lora) and C(VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)
-    (roles vllm_host and vllm_k8s: C(*_lora_runtime_updating: true)); otherwise vLLM answers HTTP 404 or 500 and
+    (roles vllm_host and vllm_k8s, C(*_lora_runtime_updating=true)); otherwise vLLM answers HTTP 404 or 500 and
     the module fails saying which variable enables it.
   - Adapters loaded this way live as long as the server process. Declare the ones that must survive a restart
     in C(vllm_host_lora_adapters) / C(vllm_k8s_lora_adapters) (C(--lora-modules) at start).
