@@ -222,6 +222,24 @@ def test_merged_model_passes_model_manifest_and_differs_from_base(pipeline, run_
     assert weights["model.safetensors"] != base_weights["model.safetensors"]
 
 
+def test_the_adapter_is_versioned_like_a_model(pipeline, run_module):
+    """model_manifest kind lora_adapter (what model_sync_kind lora_adapter syncs with) accepts the real adapter
+    LLaMA-Factory wrote, reads its rank and digests it without the trainer's leftovers; as a model it is refused."""
+    require_train(pipeline)
+    adapter = str(pipeline["adapter"])
+    result, playbook = run_module("llmops.platform.model_manifest", {"path": adapter, "kind": "lora_adapter"})
+    assert playbook.rc == 0, playbook.stdout[-3000:]
+    assert result["valid"] is True and result["errors"] == [], result["errors"]
+    assert (result["lora_rank"], result["base_model"]) == (LORA_RANK, str(pipeline["model"]))
+    paths = {e["path"] for e in result["manifest"]}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= paths
+    # the trainer's leftovers (checkpoint-4/ with the optimizer state, training_args.bin) are not the adapter
+    assert (pipeline["adapter"] / "training_args.bin").is_file()
+    assert not any(p.startswith("checkpoint-") or p == "training_args.bin" for p in paths), sorted(paths)
+    as_model, _pb = run_module("llmops.platform.model_manifest", {"path": adapter, "fail_on_invalid": False})
+    assert as_model["valid"] is False and "config.json: missing" in as_model["errors"]
+
+
 MERGE_CHECK = r"""
 import json, sys
 import torch
