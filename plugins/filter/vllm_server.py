@@ -14,6 +14,7 @@ from ansible_collections.llmops.platform.plugins.module_utils.vllm_server import
     normalize_server_config,
     render_helm_model_spec,
     render_server_args,
+    server_environment,
     systemd_exec_args,
 )
 
@@ -35,6 +36,11 @@ def vllm_server_args(cfg, path=None):
     return _wrap(render_server_args, cfg, path)
 
 
+def vllm_server_environment(cfg, path=None):
+    """Environment variables the server configuration needs besides its argv (VLLM_ALLOW_RUNTIME_LORA_UPDATING)."""
+    return _wrap(lambda: server_environment(normalize_server_config(cfg, path)))
+
+
 def vllm_systemd_exec_args(args):
     """argv quoted for a systemd ExecStart= line."""
     if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
@@ -52,6 +58,7 @@ class FilterModule:
         return {
             "vllm_server_config": vllm_server_config,
             "vllm_server_args": vllm_server_args,
+            "vllm_server_environment": vllm_server_environment,
             "vllm_systemd_exec_args": vllm_systemd_exec_args,
             "vllm_helm_model_spec": vllm_helm_model_spec,
         }

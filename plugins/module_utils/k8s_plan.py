@@ -45,6 +45,7 @@ from ansible_collections.llmops.platform.plugins.module_utils.checks import (
 from ansible_collections.llmops.platform.plugins.module_utils.checks import item as _item
 from ansible_collections.llmops.platform.plugins.module_utils.checks import type_name as _type_name
 from ansible_collections.llmops.platform.plugins.module_utils.vllm_server import (
+    LORA_RUNTIME_ENV,
     VllmConfigError,
     normalize_server_config,
 )
@@ -983,6 +984,11 @@ _VLLM_BOOLEANS = (
     "liveness_completion",
     "port_forward_start",
 )
+# Server configuration keys the role sets from its own variables.
+_VLLM_ROLE_SERVER_KEYS = {
+    "lora_adapters": "vllm_k8s_lora_adapters",
+    "lora_runtime_updating": "vllm_k8s_lora_runtime_updating",
+}
 # The completion liveness probe's environment (tasks/render.yml, _vllm_k8s_env).
 _VLLM_PROBE_ENV = ("WATCHDOG_MODEL", "WATCHDOG_STATE_DIR", "WATCHDOG_TIMEOUT", "WATCHDOG_URL")
 # The chart names the engine's Service {release}-{name}-engine-service (a DNS-1035 label).
@@ -1008,9 +1014,14 @@ def _check_vllm_model_location(s: _Settings, cfg: Dict[str, Any], mount: str, en
             f"{model!r} is not a path on the model volume ({mount}) and the pod runs with HF_HUB_OFFLINE=1, so it "
             "cannot download it: give the merged model's directory under vllm_k8s_pvc_mount_path",
         )
+    declared = {a["name"]: i for i, a in enumerate(cfg.get("lora_adapters") or [])}
     for adapter in sorted(cfg.get("lora_modules") or {}):
         path = cfg["lora_modules"][adapter]
-        adapter_where = f"vllm_k8s_server.lora_modules.{adapter}"
+        adapter_where = (
+            f"vllm_k8s_lora_adapters[{declared[adapter]}].path"
+            if adapter in declared
+            else f"vllm_k8s_server.lora_modules.{adapter}"
+        )
         if isinstance(path, str) and path.startswith("/") and not within(check_path(path, adapter_where), mount):
             _fail(adapter_where, f"{path} is not inside the model volume mounted at {mount} (vllm_k8s_pvc_mount_path)")
 
@@ -1144,7 +1155,8 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
     check_quantity_string(s("shm_size"), s.name("shm_size"), "16Gi", echo=False)
     check_strategy(s("strategy"), s.name("strategy"))
     reserved = {
-        "VLLM_API_KEY": "is set by the role from the API key Secret (vllm_k8s_api_key / vllm_k8s_api_key_secret_name)"
+        "VLLM_API_KEY": "is set by the role from the API key Secret (vllm_k8s_api_key / vllm_k8s_api_key_secret_name)",
+        LORA_RUNTIME_ENV: "is set by the role from vllm_k8s_lora_runtime_updating",
     }
     if flags["liveness_completion"]:
         reserved.update(
@@ -1173,6 +1185,8 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
     # The model storage and the vLLM server configuration.
     mount = check_mount_point(s("pvc_mount_path"), s.name("pvc_mount_path"), VLLM_POD_MOUNTS)
     server = _as_mapping(s("server"), "vllm_k8s_server")
+    for key in sorted(k for k in server if k in _VLLM_ROLE_SERVER_KEYS):
+        _fail(f"vllm_k8s_server.{key}", f"is set by the role; use {_VLLM_ROLE_SERVER_KEYS[key]} instead")
     cfg = {
         "model": s("model_path"),
         "served_model_name": s("served_model_name"),
@@ -1181,9 +1195,17 @@ def plan_vllm_k8s(settings: Dict[str, Any]) -> Dict[str, Any]:
         "device": "cuda",
     }
     cfg.update(server)
+    cfg.update(
+        lora_adapters=s("lora_adapters"),
+        lora_runtime_updating=_as_bool(s("lora_runtime_updating"), s.name("lora_runtime_updating")),
+    )
     try:
         cfg = normalize_server_config(cfg, "vllm_k8s_server")
     except VllmConfigError as exc:
+        for key, variable in _VLLM_ROLE_SERVER_KEYS.items():
+            prefix = f"vllm_k8s_server.{key}"
+            if exc.field == prefix or exc.field.startswith((prefix + "[", prefix + ".")):
+                raise K8sPlanError(f"{variable}{exc.field[len(prefix) :]}: {exc.message}") from exc
         raise K8sPlanError(str(exc)) from exc
     if cfg["host"] not in ("0.0.0.0", "::"):  # noqa: S104
         _fail(

@@ -37,6 +37,14 @@ CHUNK_SIZE = 4 * 1024 * 1024
 MAX_WORKERS = 8
 
 CONFIG_FILE = "config.json"
+# A PEFT LoRA adapter (what `llamafactory-cli train` writes to its output_dir and vLLM serves with --lora-modules):
+# this file instead of config.json, its weights in adapter_model.safetensors.
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+KINDS = ("model", "lora_adapter")
+# What a trainer leaves next to the adapter in its output_dir (LLaMA-Factory: checkpoint-N/ with the optimizer
+# state, training_args.bin, all pickled): never served, so an adapter's manifest (and model_sync's copy, whose
+# rsync excludes in roles/model_sync/vars/main.yml name the same files) leaves them out.
+ADAPTER_EXCLUDE = ("checkpoint-*/**", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*.pth")
 SAFETENSORS_INDEX_SUFFIX = ".safetensors.index.json"
 # Any one of these makes a tokenizer: fast (tokenizer.json), sentencepiece, BPE/WordPiece vocab files,
 # tiktoken ranks.
@@ -499,17 +507,43 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _check_adapter_config(root: str, names: set, errors: List[str], facts: Dict[str, Any]) -> None:
+    """adapter_config.json of a LoRA adapter: a JSON object with peft_type LORA and a positive integer rank r."""
+    if ADAPTER_CONFIG_FILE not in names:
+        errors.append(f"{ADAPTER_CONFIG_FILE}: missing (a LoRA adapter directory, as PEFT saves it)")
+        return
+    config, problem = _load_json(os.path.join(root, ADAPTER_CONFIG_FILE))
+    if problem:
+        errors.append(f"{ADAPTER_CONFIG_FILE}: {problem}")
+        return
+    if not isinstance(config, dict):
+        errors.append(f"{ADAPTER_CONFIG_FILE}: a JSON {type(config).__name__}, not an object")
+        return
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        errors.append(f"{ADAPTER_CONFIG_FILE}: peft_type is {config.get('peft_type')!r}, not LORA")
+    rank = config.get("r")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        errors.append(f"{ADAPTER_CONFIG_FILE}: r (the LoRA rank) is {rank!r}, not a positive integer")
+    else:
+        facts["lora_rank"] = rank
+    facts["base_model"] = config.get("base_model_name_or_path")
+
+
 def check_model_dir(
     root: str,
     files: Sequence[FileStat],
     allow_pickle: bool = False,
     require_tokenizer: bool = True,
+    kind: str = "model",
 ) -> Tuple[List[str], Dict[str, Any]]:
     """Validate the layout of a model directory whose (non-excluded) files are `files`.
 
-    Returns (errors, facts): facts holds model_type, architectures, weight_format (safetensors,
-    pickle or null), sharded and tensor_bytes.
+    ``kind`` lora_adapter: a PEFT LoRA adapter instead, adapter_config.json in place of config.json, no
+    tokenizer required. Returns (errors, facts): facts holds model_type, architectures, weight_format
+    (safetensors, pickle or null), sharded and tensor_bytes, and for an adapter lora_rank and base_model.
     """
+    if kind not in KINDS:
+        raise ValueError("kind must be one of {}, got {!r}".format(", ".join(KINDS), kind))
     errors = []  # type: List[str]
     facts = {
         "model_type": None,
@@ -517,12 +551,17 @@ def check_model_dir(
         "weight_format": None,
         "sharded": False,
         "tensor_bytes": 0,
+        "lora_rank": None,
+        "base_model": None,
     }  # type: Dict[str, Any]
     names = {f.path for f in files}
     top = sorted(n for n in names if "/" not in n)
 
+    if kind == "lora_adapter":
+        _check_adapter_config(root, names, errors, facts)
+        require_tokenizer = False
     # config.json
-    if CONFIG_FILE not in names:
+    elif CONFIG_FILE not in names:
         errors.append(f"{CONFIG_FILE}: missing")
     else:
         config, problem = _load_json(os.path.join(root, CONFIG_FILE))
@@ -538,7 +577,11 @@ def check_model_dir(
 
     # Other top-level JSON files (tokenizer, generation config, ...): a cut-off copy shows as bad JSON.
     for name in top:
-        if name.endswith(".json") and name != CONFIG_FILE and not name.endswith(SAFETENSORS_INDEX_SUFFIX):
+        if (
+            name.endswith(".json")
+            and name not in (CONFIG_FILE, ADAPTER_CONFIG_FILE)
+            and not name.endswith(SAFETENSORS_INDEX_SUFFIX)
+        ):
             _document, problem = _load_json(os.path.join(root, name))
             if problem:
                 errors.append(f"{name}: {problem}")
@@ -649,6 +692,7 @@ def inspect_model_dir(
     workers: Optional[int] = None,
     allow_pickle: bool = False,
     require_tokenizer: bool = True,
+    kind: str = "model",
     previous: Optional[Dict[str, Dict[str, Any]]] = None,
     chunk_size: int = CHUNK_SIZE,
 ) -> Dict[str, Any]:
@@ -663,10 +707,12 @@ def inspect_model_dir(
         errors.append(f"{root}: not a directory")
     files = []  # type: List[FileStat]
     facts = {}  # type: Dict[str, Any]
+    if kind == "lora_adapter":
+        exclude = [*exclude, *ADAPTER_EXCLUDE]
     if not errors:
         files, list_errors, warnings = list_files(root, exclude)
         errors.extend(list_errors)
-        check_errors, facts = check_model_dir(root, files, allow_pickle, require_tokenizer)
+        check_errors, facts = check_model_dir(root, files, allow_pickle, require_tokenizer, kind)
         errors.extend(check_errors)
     hashed = build_manifest(root, files, workers, previous, chunk_size)
     errors.extend(hashed["errors"])

@@ -46,6 +46,8 @@ def plan_sync(s: Dict[str, Any], inventory_hosts: Any = ()) -> Dict[str, Any]:
             f"{root} is under {hidden}, which the vllm@ unit's sandbox hides (ProtectHome, PrivateTmp): the "
             "instances could not read the models synced there; use a directory such as /srv/vllm/models",
         )
+    if s["kind"] not in ("model", "lora_adapter"):
+        _fail("model_sync_kind", f"must be model or lora_adapter, got {s['kind']!r}")
     location = s["source_location"]
     if location not in ("controller", "host", "remote"):
         _fail("model_sync_source_location", f"must be controller, host or remote, got {location!r}")

@@ -296,7 +296,13 @@ class OpenAIEndpoint:
             ) from None
 
     def list_models(self, timeout: Optional[float] = None) -> Tuple[List[str], HttpResult]:
-        """Served model names from /v1/models. Raises ReadinessError."""
+        """Served model names from /v1/models (LoRA adapters included). Raises ReadinessError."""
+        entries, result = self.list_model_entries(timeout=timeout)
+        return [str(e["id"]) for e in entries], result
+
+    def list_model_entries(self, timeout: Optional[float] = None) -> Tuple[List[Dict[str, Any]], HttpResult]:
+        """The entries of /v1/models: ``id``, and for a LoRA adapter ``parent`` (the base model's served name)
+        and ``root`` (the adapter's path). Raises ReadinessError."""
         result = self.request("GET", self.api_url("/v1/models"), timeout=timeout)
         what = "/{}".format(join_url("", self.path_prefix, "/v1/models").lstrip("/"))
         if not result.ok:
@@ -312,7 +318,7 @@ class OpenAIEndpoint:
                 transient=True,
                 kind="malformed",
             )
-        return [str(e["id"]) for e in entries], result
+        return entries, result
 
     def probe(
         self,
@@ -415,6 +421,16 @@ class OpenAIEndpoint:
         )
 
 
+def lora_adapters(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The LoRA adapters among /v1/models entries: those with a ``parent`` (vLLM lists an adapter with its base
+    model's served name there, and its path as ``root``), as {name, parent, path}."""
+    return [
+        {"name": str(e["id"]), "parent": str(e["parent"]), "path": e.get("root")}
+        for e in entries
+        if e.get("parent") is not None
+    ]
+
+
 def _decode(raw: Any) -> str:
     if isinstance(raw, bytes):
         return raw.decode("utf-8", errors="replace")
@@ -468,6 +484,7 @@ class ReadinessCheck:
         endpoint: OpenAIEndpoint,
         *,
         expected_models: Optional[List[str]] = None,
+        expected_adapters: Optional[List[str]] = None,
         probes: Optional[List[str]] = None,
         prompt: str = "Hello",
         max_tokens: int = 4,
@@ -482,6 +499,7 @@ class ReadinessCheck:
     ) -> None:
         self.endpoint = endpoint
         self.expected_models = list(expected_models or [])
+        self.expected_adapters = list(expected_adapters or [])
         self.probes = list(probes if probes is not None else ["completion"])
         for probe in self.probes:
             if probe not in PROBES:
@@ -501,6 +519,7 @@ class ReadinessCheck:
         self.health_attempts = 0
         self._attempt_starts: List[float] = []
         self.served_models: List[str] = []
+        self.adapters: List[Dict[str, Any]] = []
 
     @property
     def health_url(self) -> str:
@@ -554,6 +573,7 @@ class ReadinessCheck:
             polls_per_second=self.polls_per_second(),
             elapsed=round(self._clock() - started, 3),
             served_models=list(self.served_models),
+            adapters=list(self.adapters),
         )
 
     def _attempt(self, deadline: float, started: float) -> Dict[str, Any]:
@@ -580,9 +600,11 @@ class ReadinessCheck:
                 kind="health_http",
                 phase="health",
             )
-        served, models = self.endpoint.list_models(timeout=self._request_timeout(deadline))
+        entries, models = self.endpoint.list_model_entries(timeout=self._request_timeout(deadline))
         latencies["models"] = models.elapsed_ms
+        served = [str(e["id"]) for e in entries]
         self.served_models = served
+        self.adapters = lora_adapters(entries)
         if not served:
             raise ReadinessError(
                 "/health answered 200 but /v1/models lists no models yet",
@@ -598,6 +620,23 @@ class ReadinessCheck:
                 "Fix expected_models or the server's --served-model-name",
                 kind="models",
                 served_models=served,
+            )
+        adapter_names = [a["name"] for a in self.adapters]
+        missing = [name for name in self.expected_adapters if name not in adapter_names]
+        if missing:
+            not_adapters = [name for name in missing if name in served]
+            raise ReadinessError(
+                "LoRA adapters listed by /v1/models are {}, expected {} (missing: {}){}. Load them "
+                "(llmops.platform.vllm_lora_adapter, or --lora-modules at start: vllm_host_lora_adapters / "
+                "vllm_k8s_lora_adapters) or fix expected_adapters".format(
+                    adapter_names,
+                    self.expected_adapters,
+                    missing,
+                    f"; {not_adapters} are served models, not adapters (no parent)" if not_adapters else "",
+                ),
+                kind="adapters",
+                served_models=served,
+                adapters=self.adapters,
             )
         model = self.model or (self.expected_models[0] if self.expected_models else served[0])
         if model not in served:
@@ -623,6 +662,7 @@ class ReadinessCheck:
             model=model,
             server_version=version,
             served_models=served,
+            adapters=self.adapters,
             time_to_ready=time_to_ready,
             ready_at=ready_at,
             latencies=latencies,

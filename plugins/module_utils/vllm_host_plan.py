@@ -36,6 +36,7 @@ from ansible_collections.llmops.platform.plugins.module_utils.checks import (
 from ansible_collections.llmops.platform.plugins.module_utils.checks import type_name as _type_name
 from ansible_collections.llmops.platform.plugins.module_utils.checks import within as _within
 from ansible_collections.llmops.platform.plugins.module_utils.vllm_server import (
+    LORA_RUNTIME_ENV,
     VllmConfigError,
     normalize_server_config,
     render_server_args,
@@ -92,6 +93,12 @@ RESERVED_ENVIRONMENT = {
     "HF_TOKEN": "vllm_host_hf_token",
     "HUGGING_FACE_HUB_TOKEN": "vllm_host_hf_token",
     "CUDA_VISIBLE_DEVICES": "the instance's `devices`",
+    LORA_RUNTIME_ENV: "vllm_host_lora_runtime_updating",
+}
+# Server configuration keys the role sets from its own variables (declared once for every instance).
+ROLE_SERVER_KEYS = {
+    "lora_adapters": "vllm_host_lora_adapters",
+    "lora_runtime_updating": "vllm_host_lora_runtime_updating",
 }
 # Environment variables that name directories the server writes (caches, its home): an override must stay
 # writable inside the unit's sandbox.
@@ -319,6 +326,15 @@ def _check_writable_environment(env: Any, where: str, writable: List[str]) -> No
             )
 
 
+def _role_variable_error(exc: VllmConfigError, where: str) -> str:
+    """The message of a configuration error, naming the role variable when a role-set key is at fault."""
+    for key, variable in ROLE_SERVER_KEYS.items():
+        prefix = f"{where}.{key}"
+        if exc.field == prefix or exc.field.startswith((prefix + "[", prefix + ".")):
+            return f"{variable}{exc.field[len(prefix) :]}: {exc.message}"
+    return str(exc)
+
+
 def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
     """Check the role's variables (``s``: name without the ``vllm_host_`` prefix -> value) and return the plan.
 
@@ -535,6 +551,9 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
             "vllm_host_server_defaults",
             f"must be a mapping of server configuration keys, got {_type_name(server_defaults)}",
         )
+    for key in sorted(k for k in server_defaults if k in ROLE_SERVER_KEYS):
+        _fail(f"vllm_host_server_defaults.{key}", f"is set by the role; use {ROLE_SERVER_KEYS[key]} instead")
+    lora_runtime = _as_bool(s["lora_runtime_updating"], "vllm_host_lora_runtime_updating")
     if proxy and "host" in server_defaults:
         _fail(
             "vllm_host_server_defaults.host",
@@ -582,6 +601,8 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
         )
 
         own = {k: v for k, v in inst.items() if k not in INSTANCE_KEYS}
+        for key in sorted(k for k in own if k in ROLE_SERVER_KEYS):
+            _fail(f"{where}.{key}", f"is set by the role for every instance; use {ROLE_SERVER_KEYS[key]} instead")
         if proxy and "host" in own:
             _fail(
                 where + ".host",
@@ -590,10 +611,11 @@ def plan_host(s: Dict[str, Any]) -> Dict[str, Any]:
         merged = {"model": s["model_path"], "served_model_name": s["served_model_name"], "device": profile}
         merged.update(server_defaults)
         merged.update(own)
+        merged.update(lora_adapters=s["lora_adapters"], lora_runtime_updating=lora_runtime)
         try:
             config = normalize_server_config(merged, where)
         except VllmConfigError as exc:
-            raise HostPlanError(str(exc)) from None
+            raise HostPlanError(_role_variable_error(exc, where)) from None
         needed = config["tensor_parallel_size"] * config["pipeline_parallel_size"]
         if devices and len(devices) != needed:
             _fail(

@@ -21,6 +21,8 @@ from __future__ import absolute_import, division, print_function  # noqa: UP010
 
 __metaclass__ = type  # noqa: UP001
 
+import json
+import os
 import re
 from decimal import Decimal
 from typing import Any, Dict, Iterable, List, Optional
@@ -48,6 +50,12 @@ HELM_FLOAT_EXPONENT_BOUND = 1000000
 # "let vLLM decide". When the field is unset the Helm values pin vLLM's default for generative
 # models (prefix caching on), instead of the chart's silent fallback to --no-enable-prefix-caching.
 HELM_PREFIX_CACHING_WHEN_UNSET = True
+
+# Adapter names: a model name in requests and one word of --lora-modules NAME=PATH.
+LORA_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+LORA_ADAPTER_KEYS = ("name", "path", "rank")
+# What vLLM reads to allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter (404 without it).
+LORA_RUNTIME_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgGtT])$")
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -99,7 +107,7 @@ class Field:
         description: str = "",
     ) -> None:
         self.name = name
-        self.kind = kind  # str, int, float (minimum exclusive), bool, choice, size, str_list, lora
+        self.kind = kind  # str, int, float (minimum exclusive), bool, choice, size, str_list, lora, lora_adapters
         self.flag = flag
         self.render = render
         self.default = default
@@ -174,7 +182,35 @@ FIELDS = (
     Field("enable_lora", "bool", "--enable-lora", RENDER_SWITCH, default=False, description="Serve LoRA adapters."),
     Field("lora_modules", "lora", "--lora-modules", RENDER_LORA, default={}, description="Adapter name -> path."),
     Field("max_loras", "int", "--max-loras", minimum=1, description="LoRA adapters in one batch."),
-    Field("max_lora_rank", "choice", "--max-lora-rank", choices=MAX_LORA_RANKS, description="Maximum LoRA rank."),
+    Field(
+        "max_lora_rank",
+        "choice",
+        "--max-lora-rank",
+        choices=MAX_LORA_RANKS,
+        description="Maximum LoRA rank; unset with lora_adapters: the smallest choice at least their largest rank.",
+    ),
+    Field(
+        "lora_adapters",
+        "lora_adapters",
+        None,
+        RENDER_NONE,
+        default=[],
+        description=(
+            "Adapters served from the start, each {name, path, rank}: rendered into lora_modules (and enable_lora, "
+            "max_lora_rank); names are letters, digits and ._- and differ from the served model names."
+        ),
+    ),
+    Field(
+        "lora_runtime_updating",
+        "bool",
+        None,
+        RENDER_NONE,
+        default=False,
+        description=(
+            "Allow loading and unloading adapters on the running server (POST /v1/load_lora_adapter, "
+            "/v1/unload_lora_adapter): not a flag, it sets VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in the environment."
+        ),
+    ),
     Field(
         "enable_prefix_caching",
         "bool",
@@ -355,6 +391,8 @@ def _normalize_value(field: Field, value: Any, where: str) -> Any:
         return _normalize_str_list(field, value, where)
     if kind == "lora":
         return _normalize_lora_modules(value, where)
+    if kind == "lora_adapters":
+        return _normalize_lora_adapters(value, where)
     raise AssertionError(f"unknown field kind {kind}")  # pragma: no cover - a bug in the table
 
 
@@ -381,18 +419,126 @@ def _normalize_str_list(field: Field, value: Any, where: str) -> List[str]:
     return result
 
 
+def _check_adapter_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not LORA_NAME_RE.match(name):
+        raise VllmConfigError(
+            where,
+            "adapter names are letters, digits and ._- (at most 64, starting with a letter or digit; no '=', '/' or "
+            f"spaces: the name is a model name in every request and a word of --lora-modules), got {name!r}",
+        )
+    return name
+
+
+def _check_adapter_path(value: Any, where: str) -> str:
+    path = _check_word(value, where)
+    if ".." in path.split("/"):
+        raise VllmConfigError(
+            where, f"must not contain a '..' component (it would leave the adapters' directory), got {path!r}"
+        )
+    return path
+
+
 def _normalize_lora_modules(value: Any, where: str) -> Dict[str, str]:
     if not isinstance(value, dict):
         raise VllmConfigError(where, f"must be a mapping of adapter name to path, got {_describe(value)}")
     result = {}
     for name in sorted(value, key=str):
         item_where = f"{where}.{name}"
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$", name):
-            raise VllmConfigError(
-                item_where, f"adapter names are letters, digits and ._:/@+- (no '=' or spaces), got {name!r}"
-            )
-        result[name] = _check_word(value[name], item_where)
+        _check_adapter_name(name, item_where)
+        result[name] = _check_adapter_path(value[name], item_where)
     return result
+
+
+def _normalize_lora_adapters(value: Any, where: str) -> List[Dict[str, Any]]:
+    """A list of {name, path, rank}: names checked and unique, paths without '..', rank an integer or None."""
+    if not isinstance(value, (list, tuple)):
+        raise VllmConfigError(where, f"must be a list of adapters ({{name, path, rank}}), got {_describe(value)}")
+    result = []  # type: List[Dict[str, Any]]
+    for i, item in enumerate(value):
+        item_where = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise VllmConfigError(item_where, f"must be a mapping with name and path, got {_describe(item)}")
+        for key in sorted((k for k in item if k not in LORA_ADAPTER_KEYS), key=str):
+            raise VllmConfigError(
+                f"{item_where}.{key}", "unknown key; known keys: {}".format(", ".join(LORA_ADAPTER_KEYS))
+            )
+        for key in ("name", "path"):
+            if item.get(key) is None:
+                raise VllmConfigError(f"{item_where}.{key}", "is required")
+        name = _check_adapter_name(item["name"], f"{item_where}.name")
+        if name in (a["name"] for a in result):
+            raise VllmConfigError(f"{item_where}.name", f"adapter {name!r} is declared twice")
+        rank = item.get("rank")
+        if rank is not None:
+            rank = _as_int(rank)
+            if rank is None or not 1 <= rank <= MAX_LORA_RANKS[-1]:
+                raise VllmConfigError(
+                    f"{item_where}.rank",
+                    "must be the adapter's LoRA rank (`r` in its adapter_config.json), an integer between 1 and "
+                    "{}, got {!r}".format(MAX_LORA_RANKS[-1], item.get("rank")),
+                )
+        result.append({"name": name, "path": _check_adapter_path(item["path"], f"{item_where}.path"), "rank": rank})
+    return result
+
+
+def _apply_lora_adapters(result: Dict[str, Any], path: Optional[str]) -> None:
+    """Fold lora_adapters into enable_lora, lora_modules and max_lora_rank; check names against served names."""
+    adapters = result["lora_adapters"]
+    where = _path(path, "lora_adapters")
+    served = result["served_model_name"] or [result["model"]]
+    modules = dict(result["lora_modules"])
+    for name in sorted(modules):
+        if name in served:
+            raise VllmConfigError(
+                f"{_path(path, 'lora_modules')}.{name}",
+                "is also a served model name: requests could not tell them apart",
+            )
+    for i, adapter in enumerate(adapters):
+        name = adapter["name"]
+        if name in served:
+            raise VllmConfigError(
+                f"{where}[{i}].name",
+                f"{name!r} is also a served model name (served_model_name): requests could not tell them apart",
+            )
+        if modules.get(name, adapter["path"]) != adapter["path"]:
+            raise VllmConfigError(
+                f"{where}[{i}].name", f"{name!r} is also in lora_modules with another path; declare it once"
+            )
+        modules[name] = adapter["path"]
+    if adapters:
+        result["enable_lora"] = True
+    result["lora_modules"] = modules
+    ranks = [a["rank"] for a in adapters if a["rank"] is not None]
+    if ranks:
+        largest = max(ranks)
+        if result["max_lora_rank"] is None:
+            result["max_lora_rank"] = min(r for r in MAX_LORA_RANKS if r >= largest)
+        elif result["max_lora_rank"] < largest:
+            i = next(i for i, a in enumerate(adapters) if a["rank"] == largest)
+            raise VllmConfigError(
+                f"{where}[{i}].rank",
+                "is {}, above max_lora_rank {}: vLLM refuses to start; raise max_lora_rank or leave it unset".format(
+                    largest, result["max_lora_rank"]
+                ),
+            )
+
+
+def lora_adapter_rank(adapter_dir: str) -> int:
+    """The LoRA rank (``r``) of a PEFT adapter directory, from its adapter_config.json."""
+    with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as handle:
+        config = json.load(handle)
+    rank = config.get("r") if isinstance(config, dict) else None
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"{adapter_dir}/adapter_config.json has no LoRA rank `r` (a positive integer): {rank!r}")
+    return rank
+
+
+def server_environment(cfg: Dict[str, Any]) -> Dict[str, str]:
+    """Environment variables a normalized configuration needs besides its argv (the same in every layout)."""
+    env = {}  # type: Dict[str, str]
+    if cfg.get("lora_runtime_updating"):
+        env[LORA_RUNTIME_ENV] = "True"
+    return env
 
 
 def _flag_key(token: str) -> str:
@@ -529,8 +675,11 @@ def normalize_server_config(cfg: Any, path: Optional[str] = None) -> Dict[str, A
         else:
             result[field.name] = _normalize_value(field, value, where)
 
+    if result["lora_adapters"] and cfg.get("enable_lora") is not None and not result["enable_lora"]:
+        raise VllmConfigError(_path(path, "enable_lora"), "is false, but lora_adapters lists adapters")
+    _apply_lora_adapters(result, path)
     if not result["enable_lora"]:
-        for name in ("lora_modules", "max_loras", "max_lora_rank"):
+        for name in ("lora_modules", "max_loras", "max_lora_rank", "lora_runtime_updating"):
             if result[name]:
                 raise VllmConfigError(_path(path, name), "requires enable_lora: true")
     _check_extra_args(result["extra_args"], _path(path, "extra_args"))

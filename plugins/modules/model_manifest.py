@@ -76,6 +76,21 @@ options:
         C(sentencepiece.bpe.model), C(vocab.json), C(vocab.txt) or C(*.tiktoken)) at the top of O(path).
     type: bool
     default: true
+  kind:
+    description:
+      - V(model) checks a model directory as described above.
+      - V(lora_adapter) checks a PEFT LoRA adapter directory (what C(llamafactory-cli train) writes, what vLLM
+        serves with C(--lora-modules)) instead. C(adapter_config.json) must be a JSON object with C(peft_type)
+        C(LORA) and a positive integer rank C(r), and the weights safetensors; no C(config.json) or tokenizer is
+        required. The manifest and RV(content_digest) are built the same way, so adapters are versioned and
+        verified like models (role model_sync, C(model_sync_kind)).
+      - With V(lora_adapter) what a trainer leaves in its output directory is left out as well, as if added to
+        O(exclude) (C(checkpoint-*/**), C(training_args.bin), C(optimizer.pt), C(scheduler.pt),
+        C(rng_state*.pth)); vLLM never reads these pickled files.
+    type: str
+    choices: [model, lora_adapter]
+    default: model
+    version_added: 0.1.0
   expected_digest:
     description:
       - Fail unless RV(content_digest) equals this, for example the digest of the source a copy was made from.
@@ -241,6 +256,16 @@ tensor_bytes:
   returned: always
   type: int
   sample: 1444352
+lora_rank:
+  description: The LoRA rank C(r) of an adapter (O(kind=lora_adapter)); null otherwise.
+  returned: always
+  type: int
+  sample: 8
+base_model:
+  description: C(base_model_name_or_path) of an adapter's C(adapter_config.json) (O(kind=lora_adapter)); null otherwise.
+  returned: always
+  type: str
+  sample: /storage/models/base
 differences:
   description: Files that differ from O(expected_manifest); empty lists when it was not given.
   returned: always
@@ -280,6 +305,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmops.platform.plugins.module_utils.model_manifest import (
     DEFAULT_EXCLUDE,
+    KINDS,
     compare_manifests,
     inspect_model_dir,
     load_cache,
@@ -299,6 +325,7 @@ def argument_spec():
         "workers": {"type": "int"},
         "allow_pickle": {"type": "bool", "default": False},
         "require_tokenizer": {"type": "bool", "default": True},
+        "kind": {"type": "str", "choices": list(KINDS), "default": "model"},
         "expected_digest": {"type": "str"},
         "expected_manifest": {"type": "raw"},
         "fail_on_invalid": {"type": "bool", "default": True},
@@ -351,6 +378,7 @@ def main():
         workers=workers,
         allow_pickle=params["allow_pickle"],
         require_tokenizer=params["require_tokenizer"],
+        kind=params["kind"],
         previous=previous,
     )
     for warning in inspected["warnings"]:
@@ -398,6 +426,8 @@ def main():
         "weight_format": facts.get("weight_format"),
         "sharded": bool(facts.get("sharded")),
         "tensor_bytes": facts.get("tensor_bytes", 0),
+        "lora_rank": facts.get("lora_rank"),
+        "base_model": facts.get("base_model"),
         "differences": differences,
         "cache_file": cache_file,
         "cache_written": cache_written,

@@ -30,6 +30,17 @@ options:
     type: list
     elements: str
     default: []
+  expected_adapters:
+    description:
+      - LoRA adapter names that C(/v1/models) must all list as adapters (vLLM lists an adapter with its base
+        model as C(parent)), loaded at start (C(--lora-modules)) or at runtime (M(llmops.platform.vllm_lora_adapter)).
+      - Waiting stops at once when the server lists models and one of these is missing; the message names it.
+      - Adapter names may also be given in O(expected_models) (they are served models too) or as O(model), to
+        send the probes to an adapter.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.1.0
   model:
     description:
       - Served model name the probes are sent to.
@@ -150,6 +161,12 @@ served_models:
   type: list
   elements: str
   sample: [tiny]
+adapters:
+  description: LoRA adapters listed by C(/v1/models), each with C(name), C(parent) (the base model) and C(path).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: sql, parent: tiny, path: /srv/vllm/models/adapters/sql/current}]
 model:
   description: Served model name the probes were sent to.
   returned: success
@@ -272,6 +289,7 @@ def argument_spec():
     spec = openai_endpoint_argument_spec()
     spec.update(
         expected_models=dict(type="list", elements="str", default=[]),
+        expected_adapters=dict(type="list", elements="str", default=[]),
         model=dict(type="str"),
         probes=dict(type="list", elements="str", choices=list(PROBES), default=["completion"]),
         prompt=dict(type="str", default="Hello"),
@@ -299,6 +317,7 @@ def main():
         check = ReadinessCheck(
             endpoint,
             expected_models=params["expected_models"],
+            expected_adapters=params["expected_adapters"],
             probes=params["probes"],
             prompt=params["prompt"],
             max_tokens=params["max_tokens"],

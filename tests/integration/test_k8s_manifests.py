@@ -37,6 +37,11 @@ CONFIGS = {
             "gpu_memory_utilization": 0.85,
             "shutdown_timeout": 45,
         },
+        "vllm_k8s_lora_adapters": [
+            {"name": "sql", "path": "/storage/adapters/sql/current", "rank": 32},
+            {"name": "chat.v2", "path": "/storage/adapters/chat/current", "rank": 8},
+        ],
+        "vllm_k8s_lora_runtime_updating": True,
         "vllm_k8s_runtime_class_name": "nvidia",
         "vllm_k8s_model_revision": "sha256-abc",
         "vllm_k8s_network_policy_namespace_labels": [{"kubernetes.io/metadata.name": "monitoring"}],
@@ -82,7 +87,15 @@ def server_config(name: str) -> dict:
         "port": 8000,
         "device": "cuda",
         **CONFIGS[name].get("vllm_k8s_server", {}),
+        "lora_adapters": CONFIGS[name].get("vllm_k8s_lora_adapters", []),
+        "lora_runtime_updating": CONFIGS[name].get("vllm_k8s_lora_runtime_updating", False),
     }
+
+
+def argv_settings(cfg: dict) -> dict:
+    """A normalized configuration without the keys an argv cannot carry back: lora_adapters reach it as
+    lora_modules (and max_lora_rank), lora_runtime_updating as the environment."""
+    return {k: v for k, v in cfg.items() if k not in ("lora_adapters", "lora_runtime_updating")}
 
 
 def manifests(docs: dict) -> dict:
@@ -128,7 +141,12 @@ def test_container_args_are_the_shared_renderers(rendered) -> None:
     expected = vs.render_server_args(config)
     container = manifests(docs)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == expected
-    assert vs.parse_server_args(container["args"]) == vs.normalize_server_config(config)
+    normalized = vs.normalize_server_config(config)
+    assert argv_settings(vs.parse_server_args(container["args"])) == argv_settings(normalized)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING") == ("True" if normalized["lora_runtime_updating"] else None)
+    if name == "gpu-tp2":
+        assert "--lora-modules" in expected and expected[expected.index("--max-lora-rank") + 1] == "32"
     # vllm_host builds the same list for its ExecStart (through vllm_systemd_exec_args).
     assert vs.systemd_exec_args(container["args"]) == vs.systemd_exec_args(expected)
     assert all(isinstance(word, str) for word in container["args"])
@@ -167,7 +185,9 @@ def test_helm_values_come_from_the_same_configuration(rendered) -> None:
     expected = vs.normalize_server_config(config)
     if expected["enable_prefix_caching"] is None:
         expected["enable_prefix_caching"] = vs.HELM_PREFIX_CACHING_WHEN_UNSET
-    assert effective == expected
+    assert argv_settings(effective) == argv_settings(expected)
+    env = {e["name"]: e.get("value") for e in spec.get("env", [])}
+    assert env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING") == ("True" if expected["lora_runtime_updating"] else None)
     assert values["servingEngineSpec"]["vllmApiKey"] == {"secretName": "vllm-api-key", "secretKey": "api-key"}
     assert spec["extraVolumes"][0]["persistentVolumeClaim"]["claimName"] == "llama-storage"
 

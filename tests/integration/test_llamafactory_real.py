@@ -25,12 +25,19 @@ import math
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import pytest
 import yaml
-from itest_support import PlaybookRun, VllmServer, fixture_model, required_env, write_playbook
+from itest_support import PlaybookRun, VllmServer, fixture_model, free_port, required_env, write_playbook
 from llamafactory_env import MlflowServer, lf_venv, offline_env, run_cli, run_python
+
+from ansible_collections.llmops.platform.plugins.module_utils.vllm_server import (
+    lora_adapter_rank,
+    normalize_server_config,
+    render_server_args,
+    server_environment,
+)
 
 pytestmark = pytest.mark.llamafactory
 
@@ -215,6 +222,24 @@ def test_merged_model_passes_model_manifest_and_differs_from_base(pipeline, run_
     assert weights["model.safetensors"] != base_weights["model.safetensors"]
 
 
+def test_the_adapter_is_versioned_like_a_model(pipeline, run_module):
+    """model_manifest kind lora_adapter (what model_sync_kind lora_adapter syncs with) accepts the real adapter
+    LLaMA-Factory wrote, reads its rank and digests it without the trainer's leftovers; as a model it is refused."""
+    require_train(pipeline)
+    adapter = str(pipeline["adapter"])
+    result, playbook = run_module("llmops.platform.model_manifest", {"path": adapter, "kind": "lora_adapter"})
+    assert playbook.rc == 0, playbook.stdout[-3000:]
+    assert result["valid"] is True and result["errors"] == [], result["errors"]
+    assert (result["lora_rank"], result["base_model"]) == (LORA_RANK, str(pipeline["model"]))
+    paths = {e["path"] for e in result["manifest"]}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= paths
+    # the trainer's leftovers (checkpoint-4/ with the optimizer state, training_args.bin) are not the adapter
+    assert (pipeline["adapter"] / "training_args.bin").is_file()
+    assert not any(p.startswith("checkpoint-") or p == "training_args.bin" for p in paths), sorted(paths)
+    as_model, _pb = run_module("llmops.platform.model_manifest", {"path": adapter, "fail_on_invalid": False})
+    assert as_model["valid"] is False and "config.json: missing" in as_model["errors"]
+
+
 MERGE_CHECK = r"""
 import json, sys
 import torch
@@ -316,5 +341,182 @@ def test_vllm_serves_the_merged_model_like_transformers(pipeline, merge_check):
                 merge_check,
             )
         assert server.is_running(), server.log_tail()
+    finally:
+        server.stop()
+
+
+# -- LoRA adapters served without a merge or a restart ----------------------------------------------------------
+BASE_NAME = "tiny-base"
+ADAPTER_ONE, ADAPTER_TWO = "adapter-one", "adapter-two"
+ADAPTER_TWO_RANK = 16
+
+
+@pytest.fixture(scope="module")
+def second_adapter(pipeline) -> Path:
+    """A second, different adapter: the role's train.yaml with another dataset (each instruction answered with
+    the next record's output), seed, rank and output directory; not reported to MLflow (the run of the first
+    one is the experiment's only run)."""
+    require_train(pipeline)
+    tmp = pipeline["tmp"]
+    datasets = tmp / "datasets-two"
+    datasets.mkdir()
+    source = required_env("LLMOPS_FIXTURES") / "datasets"
+    records = json.loads((source / "tiny_alpaca.json").read_text())
+    shifted = [dict(r, output=records[(i + 1) % len(records)]["output"]) for i, r in enumerate(records)]
+    (datasets / "tiny_alpaca.json").write_text(json.dumps(shifted))
+    (datasets / "dataset_info.json").write_text((source / "dataset_info.json").read_text())
+    config = dict(pipeline["train_config"])
+    config.update(
+        dataset_dir=str(datasets),
+        output_dir=str(tmp / "adapter-two"),
+        seed=1234,
+        lora_rank=ADAPTER_TWO_RANK,
+        lora_alpha=2 * ADAPTER_TWO_RANK,
+        learning_rate=0.005,
+        report_to="none",
+        run_name="tiny-lora-sft-two",
+    )
+    path = tmp / "configs" / "train-two.yaml"
+    path.write_text(yaml.safe_dump(config))
+    workdir = tmp / "train-two"  # its own log: llamafactory-train.log of the first run stays as it was
+    workdir.mkdir()
+    run = run_cli(pipeline["venv"], "train", path, offline_env(pipeline["mlflow"].url, EXPERIMENT, tmp), workdir)
+    assert run.rc == 0, f"the second llamafactory-cli train exited {run.rc}\n{run.tail()}"
+    return tmp / "adapter-two"
+
+
+class RenderedVllmServer(VllmServer):
+    """A real vLLM started with exactly the argv and environment the collection renders for a configuration."""
+
+    def __init__(self, cfg: Dict[str, Any], workdir: Path) -> None:
+        super().__init__(Path(cfg["model"]), workdir, served_model_name=cfg["served_model_name"], port=cfg["port"])
+        self.args = render_server_args(cfg)
+        self.server_env = server_environment(normalize_server_config(cfg))
+
+    def command(self) -> list:
+        python = required_env("LLMOPS_VLLM_VENV") / "bin" / "python"
+        return [str(python), "-m", "vllm.entrypoints.openai.api_server", *self.args]
+
+    def environment(self) -> Dict[str, str]:
+        env = super().environment()
+        env.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)
+        env.update(self.server_env)
+        return env
+
+
+def get_json(url: str, body: Optional[Dict[str, Any]] = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def answers(server: VllmServer, model: str) -> Dict[str, str]:
+    """Temperature-0 completions of PROMPTS by `model` (the base or an adapter)."""
+    out = {}
+    for prompt in PROMPTS:
+        body = {"model": model, "prompt": prompt, "max_tokens": MAX_NEW_TOKENS, "temperature": 0}
+        completion = get_json(server.url + "/v1/completions", body)
+        assert completion["model"] == model, completion
+        assert completion["usage"]["completion_tokens"] == MAX_NEW_TOKENS, completion
+        out[prompt] = completion["choices"][0]["text"]
+    return out
+
+
+def stripped(texts: Dict[str, str]) -> Dict[str, str]:
+    return {prompt: text.strip() for prompt, text in texts.items()}
+
+
+def listing(server: VllmServer) -> Dict[str, Any]:
+    return {e["id"]: e for e in get_json(server.url + "/v1/models")["data"]}
+
+
+@pytest.mark.vllm
+def test_vllm_serves_lora_adapters_without_a_restart(pipeline, merge_check, second_adapter, run_playbook):
+    """Real vLLM (CPU) on the BASE model, started with the argv and environment the collection renders for
+    lora_adapters (adapter 1 from the real LLaMA-Factory run, its rank read from its adapter_config.json) and
+    lora_runtime_updating; vllm_lora_adapter (a real module run) loads adapter 2 at runtime and unloads it."""
+    adapter_one = pipeline["adapter"]
+    assert lora_adapter_rank(str(adapter_one)) == LORA_RANK
+    assert lora_adapter_rank(str(second_adapter)) == ADAPTER_TWO_RANK
+    cfg = {
+        "model": str(pipeline["model"]),
+        "served_model_name": BASE_NAME,
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "device": "cpu",
+        "dtype": "float32",
+        "max_model_len": 256,
+        "max_num_seqs": 4,
+        "enforce_eager": True,
+        "kv_cache_memory_bytes": "64M",
+        "lora_adapters": [{"name": ADAPTER_ONE, "path": str(adapter_one), "rank": lora_adapter_rank(str(adapter_one))}],
+        # sized for the adapter loaded later: runtime loads cannot raise it
+        "max_lora_rank": ADAPTER_TWO_RANK,
+        "max_loras": 2,
+        "lora_runtime_updating": True,
+    }
+    server = RenderedVllmServer(cfg, pipeline["tmp"] / "vllm-lora")
+    assert server.args[server.args.index("--lora-modules") + 1] == f"{ADAPTER_ONE}={adapter_one}"
+    assert "--enable-lora" in server.args
+    assert server.server_env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    try:
+        server.start().wait_healthy()
+        pid = server.process.pid
+        models = listing(server)
+        assert models[ADAPTER_ONE]["parent"] == BASE_NAME and models[ADAPTER_ONE]["root"] == str(adapter_one), models
+        assert models[BASE_NAME]["parent"] is None, models
+        base, one = answers(server, BASE_NAME), answers(server, ADAPTER_ONE)
+        # (transformers' decode of the new tokens has no leading space; vLLM's text has)
+        assert stripped(base) == stripped(merge_check["base_texts"]), (base, merge_check)  # the base as it was
+        assert one != base, one
+        # served unmerged, adapter 1 answers what transformers gives for the merged model
+        assert stripped(one) == stripped(merge_check["texts"]), (one, merge_check)
+
+        connection = {"url": server.url, "request_timeout": 60}
+        load = {"name": ADAPTER_TWO, "path": str(second_adapter), **connection}
+        health = {"expected_adapters": [ADAPTER_ONE, ADAPTER_TWO], "model": ADAPTER_TWO, "timeout": 60, **connection}
+        playbook = run_playbook(
+            [
+                {"name": "load", "llmops.platform.vllm_lora_adapter": load, "check_mode": True},
+                {"name": "load", "llmops.platform.vllm_lora_adapter": load},
+                {"name": "load again", "llmops.platform.vllm_lora_adapter": load},
+                {"name": "health", "llmops.platform.openai_health": health},
+            ]
+        )
+        assert playbook.rc == 0, playbook.stdout[-4000:]
+        predicted, loaded, again, healthy = playbook.task_results()
+        assert predicted["changed"] is True and predicted["actions"] == ["load"], predicted
+        assert loaded["changed"] is True and loaded["actions"] == ["load"], loaded
+        assert {"name": ADAPTER_TWO, "parent": BASE_NAME, "path": str(second_adapter)} in loaded["adapters"], loaded
+        assert again["changed"] is False and again["actions"] == [], again
+        assert healthy["ready"] is True and healthy["model"] == ADAPTER_TWO, healthy
+        assert {a["name"] for a in healthy["adapters"]} == {ADAPTER_ONE, ADAPTER_TWO}, healthy
+
+        assert listing(server)[ADAPTER_TWO]["parent"] == BASE_NAME
+        two = answers(server, ADAPTER_TWO)
+        assert two not in (base, one), (base, one, two)
+        assert answers(server, ADAPTER_ONE) == one  # loading another adapter changed nothing for the first
+        assert server.is_running() and server.process.pid == pid, "the server restarted"
+
+        unload = {"name": ADAPTER_TWO, "state": "absent", **connection}
+        playbook = run_playbook(
+            [
+                {"name": "unload", "llmops.platform.vllm_lora_adapter": unload},
+                {"name": "unload again", "llmops.platform.vllm_lora_adapter": unload},
+                {
+                    "name": "health",
+                    "llmops.platform.openai_health": dict(health, model=BASE_NAME),
+                    "ignore_errors": True,
+                },
+            ]
+        )
+        unloaded, unloaded_again, missing = playbook.task_results()
+        assert unloaded["changed"] is True and unloaded["actions"] == ["unload"], unloaded
+        assert unloaded_again["changed"] is False, unloaded_again
+        assert missing.get("failed") is True and f"missing: ['{ADAPTER_TWO}']" in missing["msg"], missing
+        assert set(listing(server)) == {BASE_NAME, ADAPTER_ONE}
+        assert answers(server, BASE_NAME) == base
+        assert server.is_running() and server.process.pid == pid, "the server restarted"
     finally:
         server.stop()

@@ -292,6 +292,27 @@ CASES: Dict[str, Case] = {
         "vllm_host_instances[0].environment.CUDA_VISIBLE_DEVICES",
         "devices",
     ),
+    "LoRA adapter name with a slash": Case(
+        {"vllm_host_lora_adapters": [{"name": "org/sql", "path": "/srv/vllm/adapters/sql", "rank": 8}]},
+        "vllm_host_lora_adapters[0].name",
+        "letters, digits and ._-",
+    ),
+    "LoRA adapter path leaving its directory": Case(
+        {"vllm_host_lora_adapters": [{"name": "sql", "path": "/srv/vllm/adapters/../../../home/x", "rank": 8}]},
+        "vllm_host_lora_adapters[0].path",
+        "'..'",
+    ),
+    "LoRA adapter named like the served model": Case(
+        {"vllm_host_lora_adapters": [{"name": "tiny", "path": "/srv/vllm/adapters/tiny"}]},
+        "vllm_host_lora_adapters[0].name",
+        "served model name",
+    ),
+    "LoRA adapter without a path": Case(
+        {"vllm_host_lora_adapters": [{"name": "sql"}]}, "vllm_host_lora_adapters", "path"
+    ),
+    "LoRA runtime updating not a boolean": Case(
+        {"vllm_host_lora_runtime_updating": "sometimes"}, "vllm_host_lora_runtime_updating"
+    ),
     "instance environment as a list": Case(
         inst(environment=["HF_HUB_OFFLINE=1"]), "vllm_host_instances[0].environment", "mapping"
     ),
@@ -441,6 +462,10 @@ VALID_CASES: Dict[str, Dict[str, Any]] = {
         "vllm_host_engine_ip_allow": ["any"],
     },
     "two instances, two ports": insts({"name": "a", "port": 8000}, {"name": "b", "port": 8001}),
+    "LoRA adapters with runtime updating": {
+        "vllm_host_lora_adapters": [{"name": "sql", "path": "/srv/vllm/models/adapters/sql/current", "rank": 8}],
+        "vllm_host_lora_runtime_updating": True,
+    },
     "read-only parent of the state directory": {
         "vllm_host_extra_read_only_paths": ["/var/lib"],
         "vllm_host_extra_read_write_paths": ["/srv/vllm/scratch"],

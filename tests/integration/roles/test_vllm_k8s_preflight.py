@@ -84,6 +84,19 @@ CASES: Dict[str, Case] = {
         {"vllm_k8s_server": {"extra_args": ["--api-key", "x"]}}, "vllm_k8s_server.extra_args"
     ),
     "loopback host": Case({"vllm_k8s_server": {"host": "127.0.0.1"}}, "vllm_k8s_server.host"),
+    "declared LoRA adapter outside the model volume": Case(
+        {"vllm_k8s_lora_adapters": [{"name": "sql", "path": "/srv/adapters/sql", "rank": 8}]},
+        "vllm_k8s_lora_adapters[0].path",
+        "model volume",
+    ),
+    "LoRA adapter rank above max_lora_rank": Case(
+        {
+            "vllm_k8s_lora_adapters": [{"name": "sql", "path": "/storage/adapters/sql", "rank": 64}],
+            "vllm_k8s_server": {"max_lora_rank": 16},
+        },
+        "vllm_k8s_lora_adapters[0].rank",
+        "above max_lora_rank",
+    ),
     "api key in the plain environment": Case({"vllm_k8s_environment": {"VLLM_API_KEY": "x"}}, "vllm_k8s_environment"),
     "negative gpus": Case({"vllm_k8s_gpus": -1}, "vllm_k8s_gpus"),
     "root user": Case({"vllm_k8s_run_as_user": 0}, "vllm_k8s_run_as_user"),

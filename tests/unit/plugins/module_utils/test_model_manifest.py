@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[4]
 if str(ROOT / ".collections") not in sys.path:
@@ -127,6 +128,8 @@ def test_hand_written_single_file_model_is_valid(tmp_path):
         "weight_format": "safetensors",
         "sharded": False,
         "tensor_bytes": (8 * 4 + 8 * 5 + 8 * 6) * 4,
+        "lora_rank": None,
+        "base_model": None,
     }
     assert [e["path"] for e in result["manifest"]] == ["config.json", "model.safetensors", "tokenizer.json"]
 
@@ -641,3 +644,72 @@ def test_normalize_expected_accepts_a_result_or_a_list():
         mm.normalize_expected("abc")
     with pytest.raises(ValueError, match="entry 0 needs path, size and sha256"):
         mm.normalize_expected([{"path": "a"}])
+
+
+# -- LoRA adapters (kind lora_adapter) ---------------------------------------------------------------------
+
+
+def write_adapter(root: Path, rank: Any = 8, peft_type: str = "LORA", seed: int = 0) -> Path:
+    """What PEFT saves (llamafactory-cli train's output_dir): adapter_config.json and adapter_model.safetensors."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    config = {"peft_type": peft_type, "r": rank, "lora_alpha": 16, "base_model_name_or_path": "/models/tiny"}
+    (root / "adapter_config.json").write_text(json.dumps(config))
+    tensors = {
+        "base_model.model.layers.0.q_proj.lora_A.weight": f32(rng, 8, 16),
+        "base_model.model.layers.0.q_proj.lora_B.weight": f32(rng, 16, 8),
+    }
+    (root / "adapter_model.safetensors").write_bytes(safetensors_bytes(tensors, {"format": "pt"}))
+    return root
+
+
+def test_a_lora_adapter_is_valid_as_an_adapter_and_not_as_a_model(tmp_path):
+    adapter = write_adapter(tmp_path / "adapter")
+    files, _errors, _warnings = mm.list_files(str(adapter))
+    errors, facts = mm.check_model_dir(str(adapter), files, kind="lora_adapter")
+    assert errors == []
+    assert (facts["lora_rank"], facts["base_model"], facts["weight_format"]) == (8, "/models/tiny", "safetensors")
+    assert "config.json: missing" in check(adapter)
+    result = inspect(adapter, kind="lora_adapter")
+    assert result["errors"] == [] and result["content_digest"] == inspect(adapter)["content_digest"]
+    # a different adapter is a different version
+    other = inspect(write_adapter(tmp_path / "other", seed=1), kind="lora_adapter")
+    assert other["content_digest"] != result["content_digest"]
+
+
+@pytest.mark.parametrize(
+    ("rank", "peft_type", "problem"),
+    [(0, "LORA", "r (the LoRA rank) is 0"), ("8", "LORA", "r (the LoRA rank) is '8'"), (8, "IA3", "not LORA")],
+)
+def test_bad_adapter_configs_are_named(tmp_path, rank, peft_type, problem):
+    adapter = write_adapter(tmp_path / "adapter", rank=rank, peft_type=peft_type)
+    assert any(problem in e for e in check(adapter, kind="lora_adapter")), check(adapter, kind="lora_adapter")
+
+
+def test_an_adapter_without_its_config_or_weights_fails(tmp_path):
+    adapter = write_adapter(tmp_path / "adapter")
+    (adapter / "adapter_model.safetensors").unlink()
+    assert any(e.startswith("weights: no *.safetensors") for e in check(adapter, kind="lora_adapter"))
+    (adapter / "adapter_config.json").unlink()
+    assert any(e.startswith("adapter_config.json: missing") for e in check(adapter, kind="lora_adapter"))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        check(adapter, kind="adapter")
+
+
+def test_a_trainers_leftovers_are_not_part_of_an_adapter(tmp_path):
+    """LLaMA-Factory's output_dir also holds checkpoint-N/ (optimizer state) and training_args.bin, pickled."""
+    adapter = write_adapter(tmp_path / "adapter")
+    clean = inspect(adapter, kind="lora_adapter")["content_digest"]
+    (adapter / "checkpoint-4").mkdir()
+    for name in ("checkpoint-4/optimizer.pt", "checkpoint-4/adapter_model.safetensors", "training_args.bin"):
+        (adapter / name).write_bytes(b"pickled")
+    result = inspect(adapter, kind="lora_adapter")
+    assert result["errors"] == [] and result["content_digest"] == clean
+    assert any("pickled weights" in e for e in inspect(adapter)["errors"])  # as a model they count
+
+
+def test_model_sync_copies_what_an_adapters_manifest_lists():
+    """roles/model_sync's rsync excludes for adapters are ADAPTER_EXCLUDE, anchored at the top, in rsync's syntax."""
+    variables = yaml.safe_load((ROOT / "roles" / "model_sync" / "vars" / "main.yml").read_text())
+    rsync = variables["_model_sync_adapter_exclude"]
+    assert [p.lstrip("/").replace("/", "/**") for p in rsync] == list(mm.ADAPTER_EXCLUDE)

@@ -53,6 +53,7 @@ def test_valid_variants():
     plan_sync(settings(source_location="remote", source_host="nfs-1"), INVENTORY)
     plan_sync(settings(expected_digest=DIGEST, distribution="tree", reload_instances=["a", "b-2"]), INVENTORY)
     plan_sync(settings(source="/storage/models/merged-model/"), INVENTORY)  # a trailing slash is rsync's business
+    plan_sync(settings(kind="lora_adapter", root="/srv/vllm/models/adapters", name="sql"), INVENTORY)
     plan_sync(settings(keep=0, chunk_mb=0, hash_workers=0, lock_timeout=0), INVENTORY)
     plan_sync(settings(load_check_python="/opt/vllm-0.11/venv/bin/python3", load_checks=["architecture"]), INVENTORY)
     # The load check off: its interpreter and checks are not looked at.
@@ -78,6 +79,7 @@ FAILURES = {
     "root with ..": ("root", {"root": "/srv/a/../b"}),
     "root under /tmp": ("root", {"root": "/tmp/models"}),
     "root under /root": ("root", {"root": "/root/models"}),
+    "kind unknown": ("kind", {"kind": "adapter"}),
     "location unknown": ("source_location", {"source_location": "nfs"}),
     "source empty": ("source", {"source": ""}),
     "source relative": ("source", {"source": "models/m"}),
