@@ -68,18 +68,27 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# promtool (tests/integration/test_monitoring.py checks the generated alert rules, their unit tests, the dashboard's
-# queries and the scrape configuration with it): only the binary out of Debian's prometheus package, so that no
-# Prometheus server gets installed or started on the controller.
-if ! command -v promtool >/dev/null; then
-    llmops_log "installing promtool (from Debian's prometheus package)"
-    promtool_tmp=$(mktemp -d)
-    chmod 0755 "$promtool_tmp"
-    (cd "$promtool_tmp" && { apt-get download -qq prometheus 2>/dev/null ||
+# promtool and prometheus, the two programs of Debian's prometheus package, unpacked from its .deb into /usr/local/bin
+# (one download for both; the package itself is not installed, so no service is set up or started):
+# tests/integration/test_monitoring.py checks the generated alert rules, their unit tests, the dashboard's queries and
+# the scrape configuration with promtool; tests/integration/hosts/test_external_fleet.py starts the server itself for
+# the duration of a test, scraping the test hosts' vLLM through the generated configuration.
+prometheus_missing=()
+for program in promtool prometheus; do
+    command -v "$program" >/dev/null || prometheus_missing+=("$program")
+done
+if [ ${#prometheus_missing[@]} -gt 0 ]; then
+    llmops_log "installing ${prometheus_missing[*]} (from Debian's prometheus package, not installed as a package)"
+    prometheus_tmp=$(mktemp -d)
+    chmod 0755 "$prometheus_tmp"
+    (cd "$prometheus_tmp" && { apt-get download -qq prometheus 2>/dev/null ||
         { apt-get update -qq && apt-get download -qq prometheus 2>/dev/null; }; })
-    dpkg-deb --fsys-tarfile "$promtool_tmp"/prometheus_*.deb | tar -x -C "$promtool_tmp" ./usr/bin/promtool
-    install -m 0755 "$promtool_tmp/usr/bin/promtool" /usr/local/bin/promtool
-    rm -rf "$promtool_tmp"
+    dpkg-deb --fsys-tarfile "$prometheus_tmp"/prometheus_*.deb |
+        tar -x -C "$prometheus_tmp" "${prometheus_missing[@]/#/./usr/bin/}"
+    for program in "${prometheus_missing[@]}"; do
+        install -m 0755 "$prometheus_tmp/usr/bin/$program" "/usr/local/bin/$program"
+    done
+    rm -rf "$prometheus_tmp"
 fi
 
 # ansible-test sanity --venv downloads a pip bootstrap script from a host outside PyPI; give it ours.

@@ -9,7 +9,11 @@ cases run in order on the deployed fleet:
   its own OpenAPI schema, answers 401 without the key through the TLS front (certificate verified with
   the fleet's CA), /metrics only to the allowed scraper, and the engine port is unreachable from another
   host -> a hung engine (SIGSTOP) is restarted by the watchdog, which never touches a deliberately
-  stopped instance -> a distinct secret in every place one can be given (API key, instance
+  stopped instance -> Debian's prometheus server, started with the configuration playbooks/monitoring.yml
+  generates for the fleet, scrapes every host's vLLM through the front (all targets up, every series with the
+  external layout's labels), answers every query of the generated dashboard with Grafana's variables substituted
+  (except the two GPU panels' DCGM_* queries: no GPU and no dcgm-exporter here), and evaluates the alert rules
+  without error, none firing -> a distinct secret in every place one can be given (API key, instance
   environment, index URL credentials, Hugging Face token) appears nowhere: not in -vvv output, the JSON
   callback, unit files, `systemctl show`, the journal, any process's command line, nor in any file that
   is not root-only.
@@ -17,17 +21,26 @@ cases run in order on the deployed fleet:
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
+import subprocess
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from fleet_support import ROOT, Fleet, booted_fleet, changed, failures
+from itest_support import free_port
 
 FIXTURES = Path(os.environ["LLMOPS_FIXTURES"])
 HOSTS = ["fleet-1", "fleet-2", "fleet-3"]
@@ -238,6 +251,267 @@ def test_the_watchdog_restarts_a_hung_engine_and_leaves_a_stopped_one_alone(flee
     time.sleep(25)
     assert fleet.ssh("systemctl is-active vllm@main || true", host).strip() == "inactive"
     fleet.ssh("systemctl start vllm@main", host)
+
+
+# The real Prometheus of the monitoring test: the generated configuration's scrape (and rule evaluation) interval, and
+# Grafana's $__rate_interval for the dashboard as Grafana computes it with the data source's scrape interval set to
+# that: max($__interval + scrape interval, 4 x scrape interval), $__interval being 20s for the dashboard's default
+# range (6 h) at about 1000 points.
+SCRAPE_INTERVAL = "2s"
+RATE_INTERVAL = "22s"
+# The labels every series of the vLLM job carries in the external layout (docs/observability.md); vLLM's own series
+# (vllm:*) carry model_name as well.
+TARGET_LABELS = ("job", "layout", "instance", "host", "vllm_instance")
+
+
+def prometheus_api(port: int, path: str, **params: str) -> Any:
+    """The `data` of a Prometheus HTTP API answer (GET /api/v1/PATH), which must be a success."""
+    url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        answer = {"status": f"HTTP {exc.code}", "error": exc.read().decode(errors="replace")}
+    assert answer.get("status") == "success", f"{path} {params}: {answer}"
+    return answer["data"]
+
+
+def grafana_regex_escape(value: str) -> str:
+    """A value of a multi-value variable as Grafana's Prometheus data source writes it into a regex matcher
+    (prometheusSpecialRegexEscape)."""
+    value = value.replace("\\", "\\" * 4)
+    return re.sub(r"[$^*{}\[\]'+?.()|]", lambda m: "\\" * 2 + m.group(0), value)
+
+
+def interpolate(expr: str, variables: dict, selection: dict) -> str:
+    """A dashboard query with Grafana's variables replaced: a variable selected as All gets its allValue, a selection
+    its escaped value, or `(a|b)` for several."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        chosen = selection[name]
+        if chosen is None:
+            return variables[name]["allValue"]
+        escaped = [grafana_regex_escape(v) for v in chosen]
+        return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+    text = expr.replace("$__rate_interval", RATE_INTERVAL)
+    text = re.sub(r"\$\{(\w+)\}|\$(\w+)", value, text)
+    assert "$" not in text, f"a variable left in {text!r}"
+    return text
+
+
+def metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*\{", expr))
+
+
+def all_serving(fleet: Fleet) -> None:
+    """Every host deployed and answering a completion through its front. The test run on its own (-k) deploys the
+    fleet first; an instance an earlier test left stopped is started, one still loading is waited for."""
+    deployed = [fleet.ssh("test -e /etc/systemd/system/vllm@.service && echo yes; true", h).strip() for h in HOSTS]
+    if deployed != ["yes"] * len(HOSTS):
+        rc, out, report = fleet.playbook("external.yml")
+        assert rc == 0, failures(report) or out[-4000:]
+    deadline = time.monotonic() + 300
+    for host in HOSTS:
+        fleet.ssh("systemctl start vllm@main", host)
+        while True:
+            try:
+                status, payload = fleet.request(
+                    "/v1/completions", host, KEY, {"model": "tiny", "prompt": "hi", "max_tokens": 2}, timeout=10
+                )
+            except OSError as exc:
+                status, payload = None, exc
+            if status == 200:
+                break
+            assert time.monotonic() < deadline, f"{host} does not serve: {status} {str(payload)[:300]}"
+            time.sleep(2)
+
+
+def test_a_real_prometheus_scrapes_the_fleet_and_answers_every_dashboard_query(fleet: Fleet, tmp_path: Path) -> None:
+    """Debian's prometheus server, started here with the configuration playbooks/monitoring.yml generates for this
+    fleet (file_sd targets, the fleet's CA, the rule file; scrape interval 2s), scrapes every host's vLLM through its
+    TLS front (the controller is in the demo inventory's vllm_host_metrics_allow) while completions go through the
+    fronts. Every target is up; every series of the job carries job, layout, instance, host and vllm_instance, vLLM's
+    own series model_name too; the dashboard's variables resolve to this fleet's layout, instances and model; every
+    dashboard query, with the variables as Grafana substitutes them (All, then a selection of two instances), returns
+    a series for each selected instance, except the two GPU panels', which read dcgm-exporter's DCGM_* metrics and
+    cannot have data here (no GPU, no exporter; the hosts are vllm_host_profile cpu, so there is no dcgm target
+    either); the six alert rules evaluate without error on the real series and none fires for the healthy fleet.
+    """
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "prometheus is missing: run make setup (it unpacks it from Debian's prometheus package)"
+    all_serving(fleet)
+    out = fleet.state / "monitoring"
+    shutil.rmtree(out, ignore_errors=True)
+    rc, output, report = fleet.playbook(
+        "monitoring.yml",
+        vllm_monitoring_output_dir=str(out),
+        vllm_monitoring_file_sd_dir=str(out / "external" / "file_sd"),
+        vllm_monitoring_rules_dir=str(out / "external" / "rules"),
+        vllm_monitoring_ca_file=str(fleet.ca),
+        vllm_monitoring_scrape_interval=SCRAPE_INTERVAL,
+    )
+    assert rc == 0, failures(report) or output[-4000:]
+    assert json.loads((out / "external" / "file_sd" / "dcgm.json").read_text()) == []  # CPU hosts: no exporter
+    dashboard = json.loads((out / "grafana" / "vllm-dashboard.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"] if v["type"] == "query"}
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    gpu_queries = [q for q in queries if any(n.startswith("DCGM_") for n in metric_names(q))]
+    assert len(gpu_queries) == 2 and not any("vllm:" in q for q in gpu_queries), gpu_queries
+    vllm_queries = [q for q in queries if q not in gpu_queries]
+    assert len(vllm_queries) >= 15, vllm_queries
+    instances = sorted(f"{h}:8000" for h in HOSTS)
+
+    port = free_port()
+    log_path = tmp_path / "prometheus.log"
+    stop = threading.Event()
+    served: collections.Counter = collections.Counter()
+    errors: list[str] = []
+
+    def traffic() -> None:
+        """Completions through every host's front until told to stop, so that rates and histograms have samples."""
+        while not stop.is_set():
+            for host in HOSTS:
+                try:
+                    status, payload = fleet.request(
+                        "/v1/completions", host, KEY,
+                        {"model": "tiny", "prompt": "hello world", "max_tokens": 8, "temperature": 0},
+                    )  # fmt: skip
+                except OSError as exc:
+                    status, payload = None, exc
+                if status == 200:
+                    served[host] += 1
+                else:
+                    errors.append(f"{host}: {status} {str(payload)[:200]}")
+
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [prometheus, f"--config.file={out / 'external' / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+
+        def alive() -> None:
+            assert server.poll() is None, f"prometheus exited {server.returncode}:\n{log_path.read_text()[-3000:]}"
+
+        # Every target up: scraped through the front, TLS verified with the fleet's CA, /metrics allowed.
+        deadline = time.monotonic() + 120
+        while True:
+            alive()
+            try:
+                targets = prometheus_api(port, "targets", state="active")["activeTargets"]
+            except (OSError, AssertionError):
+                targets = []
+            if len(targets) == len(HOSTS) and all(t["health"] == "up" for t in targets):
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        health = {t["labels"].get("instance"): (t["health"], t["lastError"], t["scrapeUrl"]) for t in targets}
+        assert sorted(health) == instances, health
+        assert all(state == "up" for state, _error, _url in health.values()), f"targets not up: {health}"
+        for host in HOSTS:
+            assert health[f"{host}:8000"][2] == f"https://{fleet.addresses[host]}:8000/metrics", health
+
+        # The dashboard's variables, resolved as Grafana does (label_values -> the label values API), with All.
+        everything = {name: None for name in variables}
+        expected_values = {"layout": ["external"], "instance": instances, "model_name": ["tiny"]}
+        for name, variable in variables.items():
+            match = re.fullmatch(r"label_values\((.*), (\w+)\)", variable["query"]["query"])
+            assert match, variable["query"]
+            selector = interpolate(match.group(1), variables, everything)
+            deadline = time.monotonic() + 60
+            while True:
+                values = prometheus_api(port, f"label/{match.group(2)}/values", **{"match[]": selector})
+                if values == expected_values[name] or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert values == expected_values[name], f"variable {name} ({selector}): {values}"
+
+        # Every dashboard query returns a series for each selected instance: all of them, then two of them.
+        selections = [
+            (everything, instances),
+            ({"layout": ["external"], "instance": instances[:2], "model_name": ["tiny"]}, instances[:2]),
+        ]
+        deadline = time.monotonic() + 90
+        while True:
+            alive()
+            missing = {}
+            for selection, expected in selections:
+                for query in vllm_queries:
+                    concrete = interpolate(query, variables, selection)
+                    result = prometheus_api(port, "query", query=concrete)["result"]
+                    got = sorted({series["metric"].get("instance", "") for series in result})
+                    if got != expected:
+                        missing[concrete] = got
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert not missing, "dashboard queries without a series for each selected instance:\n" + "\n".join(
+            f"{query}\n    -> instances {got}" for query, got in missing.items()
+        )
+
+        assert not errors, f"completions failed while Prometheus scraped: {errors[:5]}"
+
+        # Every scraped series of the job (not the ALERTS series the rules write) carries the layout's labels.
+        series = prometheus_api(port, "query", query='{job="vllm", __name__!~"ALERTS|ALERTS_FOR_STATE"}')["result"]
+        assert any(s["metric"]["__name__"].startswith("vllm:") for s in series), series[:5]
+        wrong = []
+        for labels in (s["metric"] for s in series):
+            host = labels.get("host")
+            expected_labels = {
+                "job": "vllm", "layout": "external", "instance": f"{host}:8000", "host": host, "vllm_instance": "main",
+            }  # fmt: skip
+            # vLLM's info series (vllm:cache_config_info: the engine's cache configuration) name no model.
+            if labels["__name__"].startswith("vllm:") and not labels["__name__"].endswith("_info"):
+                expected_labels["model_name"] = "tiny"
+            if host not in HOSTS or {k: labels.get(k) for k in expected_labels} != expected_labels:
+                wrong.append(labels)
+        assert not wrong, f"{len(wrong)} of {len(series)} series lack the layout's labels, e.g. {wrong[:3]}"
+        assert {s["metric"]["host"] for s in series} == set(HOSTS)
+
+        # The alert rules, evaluated by this Prometheus on the real series: loaded, evaluated without error, and
+        # none firing (a fresh Prometheus has seen one start time per instance and no target down for 2m). VllmHung
+        # may be pending, never firing: a request is running and this Prometheus has not yet seen one complete on
+        # that instance (seen on a loaded machine, requests taking seconds); its `for: 2m` is what waits that out.
+        deadline = time.monotonic() + 30
+        while True:
+            rules = [r for g in prometheus_api(port, "rules")["groups"] for r in g["rules"]]
+            if all(r["health"] == "ok" for r in rules) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert sorted(r["name"] for r in rules) == sorted(
+            ["VllmInstanceDown", "VllmHung", "VllmQueueGrowing", "VllmKvCacheNearFull", "VllmSlowFirstToken",
+             "VllmRestarting"]
+        ), rules  # fmt: skip
+        assert all(r["health"] == "ok" for r in rules), [(r["name"], r["health"], r.get("lastError")) for r in rules]
+        alerts = prometheus_api(port, "alerts")["alerts"]
+        firing = [(a["labels"]["alertname"], a["labels"].get("instance")) for a in alerts if a["state"] == "firing"]
+        assert not firing, f"alerts firing for a healthy fleet: {firing}"
+        pending = [(a["labels"]["alertname"], a["labels"].get("instance"), a.get("activeAt")) for a in alerts]
+        state = {
+            what: {s["metric"]["instance"]: s["value"][1] for s in prometheus_api(port, "query", query=query)["result"]}
+            for what, query in [
+                ("succeeded in 10m", 'sum by (instance) (increase(vllm:request_success_total{job="vllm"}[10m]))'),
+                ("running", 'sum by (instance) (vllm:num_requests_running{job="vllm"})'),
+            ]
+        }
+        print(f"pending alerts: {pending}; {state}; completions served: {dict(served)}")
+    finally:
+        stop.set()
+        sender.join(timeout=120)
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+    assert not errors, f"completions failed while Prometheus scraped: {errors[:5]}"
+    assert all(served[host] for host in HOSTS), served
 
 
 SECRET_PLACES = ("vllm_host_api_key", "instance environment", "index URL credentials", "vllm_host_hf_token")
