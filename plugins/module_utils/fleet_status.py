@@ -427,7 +427,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], generated_at: str) -> str
         f"Generated {generated_at}: " + (", ".join(f"{n} {state}" for state, n in counts.items()) or "no vLLM found"),
         "",
         "| " + " | ".join(title for _key, title in COLUMNS) + " |",
-        "| " + " | ".join("---" for _ in COLUMNS) + " |",
+        "| " + " | ".join("---" for _column in COLUMNS) + " |",
     ]
     for row in rows:
         values = [_cell(row, key, table=False).replace("|", "\\|") for key, _title in COLUMNS]
