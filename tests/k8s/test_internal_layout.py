@@ -324,7 +324,8 @@ def test_fleet_status_reports_each_vllm_pod_with_the_served_version_and_digest(c
     assert row["state"] == "healthy", row
     assert (row["vllm_version"], row["vllm_version_source"]) == (json.loads(served)["version"], "server")
     assert row["digest"] == record["digest"] == manifest["content_digest"]
-    assert row["current"] == record["revision"] == pod["metadata"]["annotations"]["llmops.io/model-revision"]
+    template = cluster.deployment(VLLM_NAME)["spec"]["template"]["metadata"]["annotations"]
+    assert row["current"] == record["revision"] == template["llmops.io/model-revision"]
     assert row["previous"] == json.loads(record.get("previous") or "{}").get("revision", "")
     assert row["served_model"] == SERVED_NAME
     assert row["restarts"] == pod["status"]["containerStatuses"][0]["restartCount"]
