@@ -269,6 +269,15 @@ body:
   returned: failure
   type: str
   sample: '{"error":"Unauthorized"}'
+kind:
+  description:
+    - What failed, for callers that act on it (the fleet status report tells a hung server from a stopped one).
+    - V(refused) (nothing listens), V(timeout) (accepted, no answer within the request timeout), V(network),
+      V(tls), V(http) or V(health_http) (an error status), V(auth) (the key was rejected), V(models) or
+      V(no_models) (not the expected models), V(malformed) (an answer that is not the API's), V(error) (other).
+  returned: failure
+  type: str
+  sample: timeout
 """
 
 import time
@@ -334,7 +343,7 @@ def main():
         result = check.run()
     except ReadinessError as exc:
         failure = exc.as_result()
-        failure.update(changed=False, ready=False, finished_at=time.time())
+        failure.update(changed=False, ready=False, finished_at=time.time(), kind=exc.kind or "error")
         module.fail_json(**failure)
     result.update(changed=False, finished_at=time.time())
     module.exit_json(**result)

@@ -245,6 +245,9 @@ class InternalCluster:
         self.gate_port = emu.free_port()
         while self.gate_port < 1024 or self.gate_port in self.ui_ports.values():
             self.gate_port = emu.free_port()
+        self.status_port = emu.free_port()
+        while self.status_port < 1024 or self.status_port in (*self.ui_ports.values(), self.gate_port):
+            self.status_port = emu.free_port()
         self.ui_state_dir = self.workdir / "port-forward"
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -281,6 +284,8 @@ class InternalCluster:
         ui["vllm_k8s_port_forward_local_port"] = self.ui_ports["vllm"]
         # The gate's forward on a free port too (18000 may be taken on this machine).
         ui["vllm_k8s_gate_local_port"] = self.gate_port
+        # The fleet status report's forwards (one per vLLM pod, from this port up).
+        ui["vllm_k8s_status_local_port"] = self.status_port
         ui["training_cluster_port_forward_state_dir"] = ui["vllm_k8s_port_forward_state_dir"] = str(self.ui_state_dir)
         (group_vars / "test-node.yml").write_text("---\n" + yaml.safe_dump({**TEST_NODE_VARS, **ui}, sort_keys=False))
         self.vault_password_file.write_text(VAULT_PASSWORD + "\n")

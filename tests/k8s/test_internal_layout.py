@@ -10,7 +10,7 @@ One cluster for the module; the tests run in order and each checks one stage:
   internal.yml --check --diff -> internal.yml (first run: no merged model, vLLM at 0 replicas)
   -> train.yml -> merge.yml (a new model version; vLLM scaled onto it, the gate sends a real completion)
   -> merge.yml with a model vLLM cannot load (rollout fails fast, the previous version is restored)
-  -> internal.yml again (changes nothing, vLLM keeps its pod)
+  -> internal.yml again (changes nothing, vLLM keeps its pod) -> fleet_status.yml (the pod's row: release, digest)
   -> ui.yml (kubectl port-forwards through the emulator; the WebUI and MLflow opened in headless Chromium,
      a completion through vLLM's forward) -> ui.yml -e llmops_ui_state=stopped -> teardown.yml
   -> (every stage) nothing was ever written under vLLM's default name.
@@ -302,6 +302,44 @@ def test_a_second_converge_changes_nothing_and_keeps_the_vllm_pod(cluster):
     ]
     assert stage.stats["changed"] == 0, changed
     assert [p["metadata"]["name"] for p in cluster.pods("app.kubernetes.io/name=vllm")] == pods_before
+
+
+def test_fleet_status_reports_each_vllm_pod_with_the_served_version_and_digest(cluster):
+    """playbooks/fleet_status.yml on this cluster: one row per vLLM pod, probed through a port-forward to that pod,
+    with the release the server reports, the model record's version and the manifest's content digest; read-only."""
+    out = cluster.workdir / "fleet-status"
+    stage = cluster.playbook("fleet_status.yml", "fleet_status.yml", "-e", f"llmops_fleet_status_output_dir={out}")
+    require_ok(stage)
+    assert stage.stats["changed"] == 0, stage.stats
+    written = {name: (out / name).read_text() for name in ("fleet-status.json", "fleet-status.md")}
+    for secret in SECRETS:
+        assert all(secret not in text for text in written.values())
+    rows = json.loads(written["fleet-status.json"])["rows"]
+    pods = cluster.pods("app.kubernetes.io/name=vllm")
+    assert [(r["layout"], r["instance"]) for r in rows] == [("internal", p["metadata"]["name"]) for p in pods], rows
+    row, pod = rows[0], pods[0]
+    record = cluster.model_record()
+    version_dir = cluster.pvc / record["model_path"].removeprefix("/storage/")
+    manifest = json.loads((version_dir / ".llmops-manifest.json").read_text())
+    code, served = cluster.http(cluster.service_url(VLLM_NAME, VLLM_PORT) + "/version")
+    assert code == 200, served
+    assert row["state"] == "healthy", row
+    assert (row["vllm_version"], row["vllm_version_source"]) == (json.loads(served)["version"], "server")
+    assert row["digest"] == record["digest"] == manifest["content_digest"]
+    template = cluster.deployment(VLLM_NAME)["spec"]["template"]["metadata"]["annotations"]
+    assert row["current"] == record["revision"] == template["llmops.io/model-revision"]
+    assert row["previous"] == json.loads(record.get("previous") or "{}").get("revision", "")
+    assert row["served_model"] == SERVED_NAME
+    assert row["restarts"] == pod["status"]["containerStatuses"][0]["restartCount"]
+    deployment_revision = (
+        cluster.deployment(VLLM_NAME)["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision")
+    )
+    assert row["promotion"] == (f"Deployment revision {deployment_revision}" if deployment_revision else "")
+    # Probed through a forward to the pod itself (not the Service), stopped afterwards.
+    printed = [item["msg"] for item in item_results(stage, "Print the port-forward commands")]
+    assert any(f"pod/{pod['metadata']['name']} {cluster.status_port}:" in m for m in printed), printed
+    assert not list(cluster.ui_state_dir.glob("vllm-status-*.pid"))
+    assert f"| internal | {NAMESPACE}/{VLLM_NAME} | {pod['metadata']['name']} | healthy |" in written["fleet-status.md"]
 
 
 # -- hybrid: staging (this cluster's vLLM) promoted to a production host (a real systemd host in nspawn) ---------

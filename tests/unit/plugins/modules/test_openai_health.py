@@ -89,7 +89,20 @@ def test_failure_reports_status_body_and_hides_key(run_main, make_transport):
     assert result["changed"] is False
     assert result["status"] == 401
     assert result["msg"].startswith("/v1/models answered HTTP 401: the API key was rejected")
+    assert result["kind"] == "auth"
     assert "wr0ng" not in result["_output"]
+
+
+@pytest.mark.parametrize(
+    ("route", "kind"), [("/health", "timeout"), ("/v1/completions", "timeout"), ("/health", "refused")]
+)
+def test_failure_kind_tells_a_hung_server_from_a_stopped_one(run_main, make_transport, fake, route, kind):
+    # A server that accepts and never answers (a stopped engine behind its front) fails with kind timeout, whether
+    # /health or the completion hangs; a closed port with kind refused (the fleet status report: hung vs stopped).
+    transport = make_transport({route: fake.STALL if kind == "timeout" else fake.REFUSED})
+    result = run_main({"url": "http://127.0.0.1:8000", "timeout": 1, "request_timeout": 1}, transport)
+    assert result["_rc"] == 1 and result["ready"] is False
+    assert result["kind"] == kind, result["msg"]
 
 
 def test_bad_options_fail_before_any_request(run_main, make_transport):
