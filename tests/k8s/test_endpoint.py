@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +38,15 @@ HOSTS = {
         "vllm_host_instances": [{"name": "a", "port": 8000}, {"name": "b", "port": 8001}],
     },
 }  # fmt: skip
+
+
+BAD_VALUES = [
+    # A hostname: EndpointSlices that kube-proxy routes hold addresses only.
+    ({"vllm_endpoint_external_endpoints": [{"address": "gpu-1.example.com", "port": 8000, "host": "gpu-1"}]},
+     "vllm_endpoint_external_endpoints[0]"),
+    # The in-cluster Deployment's own Service is never taken over (gates and port-forwards use it).
+    ({"vllm_endpoint_name": "vllm-inference", "vllm_endpoint_internal_service": "vllm-engine"}, "vllm_endpoint_name"),
+]  # fmt: skip
 
 
 def cluster(emulator) -> None:
@@ -97,6 +105,15 @@ def test_flip_to_the_external_fronts_and_back(k8s_emulator, tmp_path: Path) -> N
     em = k8s_emulator
     cluster(em)
 
+    # Values with the right type that cannot work are refused before anything is written (the rest of the value
+    # checks: tests/unit/plugins/module_utils/test_vllm_endpoint.py).
+    for extra, variable in BAD_VALUES:
+        run = endpoint(em, tmp_path, "external", **extra)
+        assert run.rc != 0 and run.stats.get("changed", 0) == 0, run.output[-2000:]
+        assert any(variable in m for m in run.failures()), run.failures()
+        assert em.items(SLICES) == []
+        assert [s["metadata"]["name"] for s in em.items(SERVICES)] == ["vllm-inference"]
+
     check = endpoint(em, tmp_path, "internal", "--check", "--diff")
     assert check.rc == 0, check.output[-3000:]
     assert check.stats["changed"] >= 1 and not em.exists(f"{SERVICES}/vllm-api"), "check mode wrote the endpoint"
@@ -146,24 +163,3 @@ def test_flip_to_the_external_fronts_and_back(k8s_emulator, tmp_path: Path) -> N
     rollback = endpoint(em, tmp_path, "internal", vllm_endpoint_allow_scheme_change=True)
     assert rollback.rc == 0, rollback.output[-3000:]
     assert state(em) == internal
-
-
-@pytest.mark.parametrize(
-    ("extra", "variable"),
-    [
-        ({"vllm_endpoint_external_endpoints": [{"address": "gpu-1.example.com", "port": 8000, "host": "gpu-1"}]},
-         "vllm_endpoint_external_endpoints[0]"),
-        # The in-cluster Deployment's own Service is never taken over (gates and port-forwards use it).
-        ({"vllm_endpoint_name": "vllm-inference", "vllm_endpoint_internal_service": "vllm-engine"},
-         "vllm_endpoint_name"),
-    ],
-)  # fmt: skip
-def test_bad_values_are_refused_before_anything_is_written(
-    k8s_emulator, tmp_path: Path, extra: dict, variable: str
-) -> None:
-    cluster(k8s_emulator)
-    run = endpoint(k8s_emulator, tmp_path, "external", **extra)
-    assert run.rc != 0 and run.stats.get("changed", 0) == 0, run.output[-2000:]
-    assert any(variable in m for m in run.failures()), run.failures()
-    assert k8s_emulator.items(SLICES) == []
-    assert [s["metadata"]["name"] for s in k8s_emulator.items(SERVICES)] == ["vllm-inference"]
