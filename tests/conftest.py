@@ -52,9 +52,10 @@ def pytest_configure(config: pytest.Config) -> None:
 # Only the order of files changes: tests inside a file keep their order (several files run their cases in
 # sequence on one deployment).
 TEST_FILE_SECONDS = {
-    "tests/k8s/test_internal_layout.py": 1500,
-    "tests/integration/hosts/test_external_fleet.py": 800,
-    "tests/integration/hosts/test_model_sync.py": 650,
+    "tests/k8s/test_internal_layout.py": 1900,
+    "tests/integration/hosts/test_external_fleet.py": 1000,
+    "tests/integration/hosts/test_model_sync.py": 900,
+    "tests/integration/test_llamafactory_real.py": 500,
 }
 MOLECULE_FILE = "tests/molecule/test_scenarios.py"
 MOLECULE_SECONDS = {"vllm_host": 400, "vllm_k8s": 180, "training_cluster": 170}

@@ -459,8 +459,10 @@ ENDPOINT = "vllm-api"
 
 def migrate(cluster, production, phase: str, name: str = "", **extra):
     """migrate.yml as an operator runs it (direction to_external: the hybrid layout's cluster -> hosts)."""
+    # No EndpointSlice controller here: the rollback does not wait for one (docs/roles/vllm_endpoint.md).
     extra = {"vllm_migration_phase": phase, "vllm_migration_direction": "to_external",
-             "vllm_migration_report_dir": str(production.state / "migration"), **extra}  # fmt: skip
+             "vllm_migration_report_dir": str(production.state / "migration"),
+             "vllm_endpoint_controller_timeout": 0, **extra}  # fmt: skip
     started = time.monotonic()
     rc, output, report = production.playbook("migrate.yml", **extra)
     stage = Stage(name or f"migrate.yml {phase}", ["ansible-playbook", "playbooks/migrate.yml"], rc,
