@@ -508,7 +508,7 @@ def test_migration_to_the_hosts_gated_cut_over_soaked_and_rolled_back(cluster, p
     endpoint's Service and EndpointSlices before and after, traffic through it reaching the host, the in-cluster
     Deployment stopped but kept -> cleanup refused inside the soak window -> rollback: the in-cluster vLLM back and
     gated, the endpoint back on it."""
-    first = cluster.playbook("endpoint.yml (internal)", "playbooks/endpoint.yml", "-e", "vllm_endpoint_target=internal",
+    first = cluster.playbook("endpoint.yml (internal)", "endpoint.yml", "-e", "vllm_endpoint_target=internal",
                              "-e", f"vllm_endpoint_internal_service={VLLM_NAME}")  # fmt: skip
     require_ok(first)
     before = endpoint_state(cluster)
