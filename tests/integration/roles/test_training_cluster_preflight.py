@@ -771,10 +771,14 @@ def wait_for_job(emulator: Emulator, proc: subprocess.Popen, old_uid: str = "") 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, output_of(proc)[-3000:]
-        if emulator.exists(JOB):
-            job = emulator.get(JOB)
-            if job["metadata"]["uid"] != old_uid:
-                return job
+        try:
+            job = emulator.get(JOB) if emulator.exists(JOB) else None
+        except RuntimeError as exc:  # deleted between the two reads (a rerun replaces the finished Job)
+            if "HTTP 404" not in str(exc):
+                raise
+            job = None
+        if job and job["metadata"]["uid"] != old_uid:
+            return job
         time.sleep(0.3)
     proc.kill()
     raise AssertionError("the play never created the Job")
